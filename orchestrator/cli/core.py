@@ -1,0 +1,237 @@
+"""``orch validate``, ``orch plan`` and ``orch estimate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.app import App, live_problems
+from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
+from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
+from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
+from orchestrator.memory.llama import estimate_llama
+from orchestrator.memory.tensors import read_gguf
+from orchestrator.plan import Plan, budgets, require_fit
+from orchestrator.probe import probe_host
+
+
+def register(commands: Any) -> None:
+    """Add the core sub-commands."""
+    p = commands.add_parser(
+        "validate",
+        help="check every profile (schema, references, rendering)",
+        description="Check every hardware, architecture and model profile. Exit 2 on any error.",
+    )
+    p.set_defaults(handler=cmd_validate)
+
+    p = commands.add_parser(
+        "plan",
+        help="show the exact command and the memory budget per device",
+        description=(
+            "Plan profiles: the exact command orch will run and the memory each device needs.\n"
+            "Live (default): also reads the GGUF header when present and checks this machine's\n"
+            "free VRAM (pynvml), available RAM (psutil), the port and the model files.\n"
+            "--dry-run: declared hardware only, no probing; no NAME plans every profile."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  orch plan --dry-run\n  orch plan --dry-run --json qwen35-397b-iq4\n"
+        "  orch plan demo",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="profile names (profiles/models/NAME.toml)")
+    p.add_argument("--dry-run", action="store_true", help="no host probing; declared hardware only")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--hardware", help="plan against another hardware profile")
+    p.set_defaults(handler=cmd_plan)
+
+    p = commands.add_parser(
+        "estimate",
+        help="memory a raw llama-server command line will use, per device",
+        description=(
+            "Read MODEL.gguf's header (no tensor data) and predict, per device, the memory the\n"
+            "llama-server arguments after -- will use: weights, KV cache, compute, overhead."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  orch estimate model.gguf --hardware epyc9175f-rtxpro6000 -- "
+        "-c 32768 -ngl 99 --cpu-moe",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL.gguf")
+    p.add_argument("--hardware", help="hardware profile giving the GPUs (default: CPU only)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then llama-server arguments")
+    p.set_defaults(handler=cmd_estimate)
+
+
+# ---------------------------------------------------------------- validate
+
+
+def cmd_validate(args: argparse.Namespace, app: App, console: Console) -> int:
+    """Validate all profiles; print one line per profile."""
+    catalog = app.catalog
+    failures = 0
+    for kind in ("hardware", "architectures"):
+        for name in catalog.names(kind):
+            try:
+                if kind == "hardware":
+                    catalog.hardware(name)
+                else:
+                    catalog.architecture(name, catalog.source(kind, name))
+                console.print(f"ok     {kind}/{name}", markup=False)
+            except ProfileError as exc:
+                failures += 1
+                console.print(f"error  {exc}", markup=False)
+    names = catalog.model_names()
+    for name in names:
+        try:
+            app.plan(name, read_header=False)
+            console.print(f"ok     models/{name}", markup=False)
+        except OrchError as exc:
+            failures += 1
+            console.print(f"error  {exc}", markup=False)
+    if not names:
+        console.print(f"error  no model profiles under {catalog.root / 'models'}", markup=False)
+        return 2
+    console.print(f"{len(names)} model profile(s), {failures} error(s)", markup=False)
+    return 2 if failures else 0
+
+
+# ---------------------------------------------------------------- plan
+
+
+def _memory_table(title: str, memory: MemoryEstimate, plan: Plan | None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("device", "weights", "kv", "compute", "overhead", "total", "budget", "fits"):
+        table.add_column(column, justify="left" if column == "device" else "right")
+    caps = {b.device: b for b in plan.budget} if plan else {}
+    for device, mem in memory.devices.items():
+        budget = caps.get(device)
+        table.add_row(
+            device,
+            _gib(mem.weights),
+            _gib(mem.kv),
+            _gib(mem.compute),
+            _gib(mem.overhead),
+            _gib(mem.total),
+            _gib(budget.capacity) if budget else "-",
+            ("yes" if budget.fits else f"NO (+{budget.over_by / GIB:.2f})") if budget else "-",
+        )
+    return table
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
+
+
+def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
+    console.print(f"[bold]{plan.name}[/bold]  ({plan.source})")
+    desc = plan.profile.description
+    if desc:
+        console.print(f"  {desc}", markup=False)
+    console.print(
+        f"  engine {plan.profile.engine.kind} · runtime {plan.profile.runtime.kind} · "
+        f"hardware {plan.hardware_name} · endpoint {plan.endpoint}",
+        markup=False,
+    )
+    console.print(f"  weights from {plan.weights_source}", markup=False)
+    console.print()
+    console.print(plan.display(), markup=False)
+    console.print()
+    console.print(_memory_table("memory", plan.memory, plan))
+    for note in plan.memory.notes:
+        console.print(f"  note: {note}", markup=False)
+    for warning in plan.warnings:
+        console.print(f"  warning: {warning}", markup=False)
+    if not plan.fits:
+        console.print("  [bold red]does not fit[/bold red]")
+        for suggestion in plan.suggestions:
+            console.print(f"  would fit with: {suggestion}", markup=False)
+    for problem in problems:
+        console.print(f"  [red]cannot start here:[/red] {problem}")
+    console.print()
+
+
+def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
+    """Plan one or more profiles."""
+    names: list[str] = list(args.names)
+    if not names:
+        if not args.dry_run:
+            raise ProfileError("orch plan", ["name a profile, or use --dry-run to plan them all"])
+        names = app.catalog.model_names()
+    host = None if args.dry_run else probe_host()
+    results: list[dict[str, Any]] = []
+    worst = 0
+    for name in names:
+        plan = app.plan(name, read_header=not args.dry_run, hardware=args.hardware)
+        problems: list[str] = []
+        if host is not None:
+            problems = live_problems(plan, app.resolve(name, args.hardware), host)
+        if not plan.fits:
+            worst = max(worst, BudgetError.exit_code)
+        if problems:
+            worst = max(worst, PreflightError.exit_code)
+        if args.json:
+            data = plan.to_json()
+            data["live_problems"] = problems
+            data["dry_run"] = bool(args.dry_run)
+            results.append(data)
+        else:
+            _print_plan(console, plan, problems)
+    if args.json:
+        console.print_json(json.dumps(results if len(results) != 1 else results[0]))
+    if worst == BudgetError.exit_code and len(names) == 1:
+        # one profile: say why on stderr too, with the suggestions
+        require_fit(app.plan(names[0], read_header=not args.dry_run, hardware=args.hardware))
+    return worst
+
+
+# ---------------------------------------------------------------- estimate
+
+
+def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
+    """Predict a raw llama-server command line's memory."""
+    server_args = list(args.server_args)
+    if server_args and server_args[0] == "--":
+        server_args = server_args[1:]
+    path: Path = args.model
+    if not path.is_file():
+        raise PreflightError(f"{path}: no such model file")
+    try:
+        header = read_gguf(path)
+    except (ValueError, OSError) as exc:
+        raise PreflightError(f"{path}: not a readable GGUF file ({exc})") from None
+    arch = architecture_from_gguf(header)
+    gpus: tuple[str, ...] = ()
+    vram: tuple[int, ...] = ()
+    context_mib = 590
+    hardware = None
+    if args.hardware:
+        hardware = app.catalog.hardware(args.hardware, "orch estimate", "--hardware")
+        gpus = tuple(f"CUDA{g.index}" for g in hardware.gpus)
+        vram = tuple(g.vram_mib for g in hardware.gpus)
+        context_mib = hardware.budget.cuda_context_mib
+    moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
+    cfg = parse_llama_args(
+        server_args, gpus=gpus, gpu_vram_mib=vram, cuda_context_mib=context_mib, moe_layers=moe_layers
+    )
+    memory = estimate_llama(arch, list(header.tensors), cfg)
+    if args.json:
+        console.print_json(json.dumps(memory.to_json()))
+        return 0
+    console.print(
+        f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
+        f"in {len(header.files)} file(s)",
+        markup=False,
+    )
+    plan_budget = budgets(memory, hardware) if hardware else ()
+    table = _memory_table("estimate", memory, None)
+    console.print(table)
+    for b in plan_budget:
+        if not b.fits:
+            console.print(f"  {b.device}: over budget by {b.over_by / GIB:.2f} GiB", markup=False)
+    for note in memory.notes:
+        console.print(f"  note: {note}", markup=False)
+    return 0

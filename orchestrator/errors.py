@@ -1,0 +1,44 @@
+"""Errors that reach the user as a message and an exit code, never as a traceback."""
+
+from __future__ import annotations
+
+
+class OrchError(Exception):
+    """Base class for every error orch reports to the user."""
+
+    exit_code = 1
+
+
+class ProfileError(OrchError):
+    """A profile (or orch.toml) is malformed, or refers to something that does not exist."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class BudgetError(OrchError):
+    """A plan does not fit the hardware budget."""
+
+    exit_code = 3
+
+
+class PreflightError(OrchError):
+    """Something the launch needs is missing or taken (binary, model file, port, memory)."""
+
+    exit_code = 4
+
+
+class LaunchError(OrchError):
+    """The engine failed to start, exited while loading, or never became ready."""
+
+    exit_code = 5
+
+
+class NotRunningError(OrchError):
+    """A command needed a running instance and there is none."""
+
+    exit_code = 6

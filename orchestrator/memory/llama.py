@@ -1,0 +1,261 @@
+"""Memory model of llama.cpp's llama-server: tensor placement, KV cache, compute buffers.
+
+Placement follows llama.cpp's loader: ``-ngl N`` puts the last ``N`` of the ``n_layer + 1``
+layers on the GPUs (the output layer counts as one), split across GPUs by cumulative
+fractions; token embeddings stay on the host; ``-ot`` / ``--cpu-moe`` / ``--n-cpu-moe`` rules
+apply in command-line order and the first regex that matches (search semantics) wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.ggml_types import ggml_type
+from orchestrator.memory.breakdown import MIB, DeviceMemory, MemoryEstimate
+from orchestrator.memory.tensors import Tensor
+from orchestrator.profiles.schema import Architecture
+
+CPU = "CPU"
+KV_CELL_PAD = 256
+EXPERT_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+OP_OFFLOAD_MIN_BATCH = 32
+F32 = 4
+F16 = 2
+
+
+def n_cpu_moe_rules(
+    count: int, moe_layers: list[int] | None = None, from_end: bool = False
+) -> list[tuple[str, str]]:
+    """The rules ``--n-cpu-moe N`` adds: experts of the first (ik_llama.cpp: last) N layers."""
+    layers = list(range(count)) if moe_layers is None else moe_layers
+    chosen = layers[-count:] if from_end and count else layers[:count]
+    return [(rf"blk\.{i}{EXPERT_REGEX}", CPU) for i in chosen]
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The memory-relevant settings of one llama-server command line."""
+
+    ctx: int
+    ubatch: int = 512
+    batch: int = 2048
+    gpu_layers: int = -1
+    """-1: all layers (llama.cpp's default)."""
+    overrides: tuple[tuple[str, str], ...] = ()
+    """Ordered (regex, device) rules, including those --cpu-moe / --n-cpu-moe expand to."""
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: bool = True
+    load_mode: str = "mmap"
+    parallel: int = 1
+    tensor_split: tuple[float, ...] = ()
+    cache_ram_mib: int = 8192
+    gpus: tuple[str, ...] = ()
+    gpu_vram_mib: tuple[int, ...] = ()
+    cuda_context_mib: int = 590
+    host_base_mib: int = 340
+    split_mode: str = "layer"
+    ngl_counts_output: bool = True
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where every tensor and every layer ended up."""
+
+    tensor_device: dict[str, str]
+    layer_device: dict[int, str]
+    output_device: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _layer_devices(n_layer: int, cfg: LlamaConfig) -> tuple[dict[int, str], str]:
+    """Device of each block and of the output layer (index ``n_layer``)."""
+    n_total = n_layer + 1
+    gpu_layers = n_total if cfg.gpu_layers < 0 else cfg.gpu_layers
+    if not cfg.gpus:
+        gpu_layers = 0
+    act = min(gpu_layers, n_total)
+    start = max(n_total - gpu_layers, 0)
+    if not cfg.ngl_counts_output and gpu_layers <= n_layer:
+        # ik_llama.cpp: the last N blocks; the output layer stays on the host
+        start = max(n_layer - gpu_layers, 0)
+    weights = list(cfg.tensor_split) or [float(v) for v in cfg.gpu_vram_mib] or [1.0] * len(
+        cfg.gpus
+    )
+    weights = (weights + [0.0] * len(cfg.gpus))[: len(cfg.gpus)]
+    if cfg.split_mode == "none":
+        weights = [1.0] + [0.0] * (len(cfg.gpus) - 1)
+    total = sum(weights) or 1.0
+    cumulative: list[float] = []
+    running = 0.0
+    for w in weights:
+        running += w / total
+        cumulative.append(running)
+    devices: dict[int, str] = {}
+    for il in range(n_total):
+        beyond = il == n_layer and not cfg.ngl_counts_output and gpu_layers <= n_layer
+        if il < start or act == 0 or beyond:
+            devices[il] = CPU
+            continue
+        frac = (il - start) / act
+        index = next((i for i, c in enumerate(cumulative) if frac < c), len(cumulative) - 1)
+        devices[il] = cfg.gpus[index]
+    output = devices.pop(n_layer)
+    return devices, output
+
+
+def place(tensors: Sequence[Tensor], n_layer: int, cfg: LlamaConfig) -> Placement:
+    """Assign every tensor to a device, as llama.cpp's loader would."""
+    layer_device, output_device = _layer_devices(n_layer, cfg)
+    compiled = [(re.compile(p), d) for p, d in cfg.overrides]
+    tensor_device: dict[str, str] = {}
+    for tensor in tensors:
+        device = next((d for rx, d in compiled if rx.search(tensor.name)), None)
+        if device is None:
+            if tensor.name.startswith("token_embd"):
+                device = CPU
+            elif tensor.layer is None:
+                device = output_device
+            else:
+                device = layer_device.get(tensor.layer, CPU)
+        tensor_device[tensor.name] = device
+    return Placement(tensor_device, layer_device, output_device)
+
+
+def _pad(value: int, to: int) -> int:
+    return -(-value // to) * to
+
+
+def kv_cells(arch: Architecture, cfg: LlamaConfig, layer: int) -> int:
+    """Cells a layer's KV cache holds: the whole context, or a sliding window."""
+    ctx = _pad(cfg.ctx or arch.ctx_train, KV_CELL_PAD)
+    windowed = (
+        arch.sliding_window
+        and arch.sliding_window_pattern
+        and (layer + 1) % arch.sliding_window_pattern != 0
+    )
+    if windowed:
+        return min(ctx, _pad(arch.sliding_window * cfg.parallel + cfg.ubatch, KV_CELL_PAD))
+    return ctx
+
+
+def kv_bytes_per_layer(arch: Architecture, cfg: LlamaConfig, layer: int) -> int:
+    """K plus V bytes of one attention layer."""
+    cells = kv_cells(arch, cfg, layer)
+    width = arch.n_head_kv * arch.head_dim
+    k = ggml_type(cfg.cache_type_k).nbytes((width, cells))
+    v = ggml_type(cfg.cache_type_v).nbytes((width, cells))
+    return k + v
+
+
+def recurrent_bytes_per_layer(arch: Architecture, cfg: LlamaConfig) -> int:
+    """Gated DeltaNet state of one linear-attention layer, for every sequence (f32)."""
+    la = arch.linear_attention
+    if la is None:
+        return 0
+    conv_dim = 2 * la.n_key_heads * la.key_head_dim + la.n_value_heads * la.value_head_dim
+    conv = (la.conv_kernel - 1) * conv_dim * F32
+    ssm = la.n_value_heads * la.key_head_dim * la.value_head_dim * F32
+    return (conv + ssm) * max(cfg.parallel, 1)
+
+
+def _compute_bytes(arch: Architecture, cfg: LlamaConfig, on_gpu_output: bool) -> int:
+    """Peak of one backend's graph for a full ubatch: inputs + residuals + the largest phase."""
+    n_ub = cfg.ubatch
+    n_kv = _pad(cfg.ctx or arch.ctx_train, KV_CELL_PAD)
+    mask = n_kv * n_ub * F16
+    residual = 4 * n_ub * arch.n_embd * F32
+    if cfg.flash_attn:
+        attention = 0
+    else:
+        attention = 2 * arch.n_head * n_ub * n_kv * F32
+    if arch.moe is not None:
+        moe = arch.moe
+        ffn = 3 * n_ub * moe.n_expert_used * moe.n_ff_exp * F32
+        ffn += n_ub * moe.n_expert_used * arch.n_embd * F32
+    else:
+        ffn = 3 * n_ub * arch.n_ff * F32
+    if arch.linear_attention is not None:
+        la = arch.linear_attention
+        conv_dim = 2 * la.n_key_heads * la.key_head_dim + la.n_value_heads * la.value_head_dim
+        ffn = max(ffn, 3 * n_ub * conv_dim * F32)
+    # The server reserves one output row per slot, so logits stay small.
+    logits = arch.vocab * max(cfg.parallel, 1) * F32 if on_gpu_output else 0
+    return mask + residual + max(attention, ffn, logits)
+
+
+def estimate_llama(
+    arch: Architecture, tensors: Sequence[Tensor], cfg: LlamaConfig
+) -> MemoryEstimate:
+    """Bytes per device (each GPU, and ``CPU`` for host RAM) for this configuration."""
+    placement = place(tensors, arch.n_layer, cfg)
+    weights: dict[str, int] = {}
+    for tensor in tensors:
+        device = placement.tensor_device[tensor.name]
+        weights[device] = weights.get(device, 0) + tensor.nbytes
+    kv: dict[str, int] = {}
+    for layer in range(arch.n_layer):
+        device = placement.layer_device[layer]
+        size = (
+            kv_bytes_per_layer(arch, cfg, layer)
+            if arch.has_kv(layer)
+            else recurrent_bytes_per_layer(arch, cfg)
+        )
+        kv[device] = kv.get(device, 0) + size
+
+    used_gpus = [
+        g
+        for g in cfg.gpus
+        if weights.get(g, 0) or kv.get(g, 0) or g in placement.layer_device.values()
+    ]
+    compute: dict[str, int] = {}
+    notes: list[str] = []
+    n_ub = cfg.ubatch
+    n_kv = _pad(cfg.ctx or arch.ctx_train, KV_CELL_PAD)
+    cpu_weight_tensors = [t for t in tensors if placement.tensor_device[t.name] == CPU]
+    op_offload = [
+        t.nbytes
+        for t in cpu_weight_tensors
+        if t.layer is not None and len(t.shape) >= 2 and n_ub >= OP_OFFLOAD_MIN_BATCH
+    ]
+    for index, gpu in enumerate(used_gpus):
+        size = _compute_bytes(arch, cfg, placement.output_device == gpu)
+        if index == 0 and op_offload:
+            # Large batches of host-resident weights are computed on the GPU: it copies one in.
+            size += max(op_offload)
+        compute[gpu] = size
+    if used_gpus:
+        compute[CPU] = 4 * n_ub * arch.n_embd * F32 + n_kv * n_ub * F16
+    else:
+        compute[CPU] = _compute_bytes(arch, cfg, True)
+
+    devices: dict[str, DeviceMemory] = {}
+    for gpu in used_gpus:
+        devices[gpu] = DeviceMemory(
+            weights=weights.get(gpu, 0),
+            kv=kv.get(gpu, 0),
+            compute=compute.get(gpu, 0),
+            overhead=cfg.cuda_context_mib * MIB,
+        )
+    prompt_cache = max(cfg.cache_ram_mib, 0) * MIB
+    output_buffer = arch.vocab * F32 * max(cfg.parallel, 1)
+    devices[CPU] = DeviceMemory(
+        weights=weights.get(CPU, 0),
+        kv=kv.get(CPU, 0),
+        compute=compute.get(CPU, 0),
+        overhead=cfg.host_base_mib * MIB + prompt_cache + output_buffer,
+    )
+    if cfg.load_mode == "mmap" and weights.get(CPU, 0):
+        notes.append("host weights are mmapped: page cache, resident once touched")
+    if prompt_cache:
+        notes.append(f"host overhead includes the prompt cache limit ({cfg.cache_ram_mib} MiB)")
+    gpu_layer_count = sum(1 for d in placement.layer_device.values() if d != CPU)
+    facts: dict[str, int | float | str] = {
+        "layers_on_gpu": gpu_layer_count,
+        "output_device": placement.output_device,
+        "kv_cells": n_kv,
+        "prompt_cache": prompt_cache,
+    }
+    return MemoryEstimate(devices, tuple(notes), facts)

@@ -1,0 +1,533 @@
+"""Profile + hardware (+ GGUF header when present) → a frozen plan. Pure: no I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+from typing import Any
+
+import jinja2
+
+from orchestrator.engines import EngineCaps, engine_caps, known_flags
+from orchestrator.errors import BudgetError, ProfileError
+from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
+from orchestrator.memory.llama import CPU, EXPERT_REGEX, LlamaConfig, estimate_llama, n_cpu_moe_rules
+from orchestrator.memory.tensors import RECIPES, GgufHeader, Tensor, tensors_from_architecture
+from orchestrator.memory.vllm import VllmConfig, estimate_vllm
+from orchestrator.profiles.loader import ResolvedProfile
+from orchestrator.profiles.schema import (
+    HardwareProfile,
+    LlamaEngine,
+    ModelProfile,
+    PodmanRuntime,
+    VllmEngine,
+)
+from orchestrator.render import display, render_argv
+
+CONTAINER_MODELS = "/models"
+CONTAINER_SECRET = "/run/secrets/orch-api-key"
+READ_BANDWIDTH_BYTES_S = 500 * 1000 * 1000
+"""Conservative sequential read rate used to derive load timeouts (a SATA SSD)."""
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """Need against capacity on one device."""
+
+    device: str
+    need: int
+    capacity: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether the need is within capacity."""
+        return self.need <= self.capacity
+
+    @property
+    def over_by(self) -> int:
+        """Bytes over capacity (0 if it fits)."""
+        return max(self.need - self.capacity, 0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything ``orch up`` will do, decided before anything runs."""
+
+    name: str
+    source: str
+    profile: ModelProfile
+    hardware_name: str
+    argv: tuple[str, ...]
+    engine_argv: tuple[str, ...]
+    engine_flags: tuple[str, ...]
+    env: dict[str, str]
+    secret_env: tuple[str, ...]
+    endpoint: str
+    host: str
+    port: int
+    memory: MemoryEstimate
+    budget: tuple[DeviceBudget, ...]
+    weights_source: str
+    model_bytes: int
+    load_timeout_s: float
+    plan_hash: str
+    warnings: tuple[str, ...]
+    suggestions: tuple[str, ...]
+
+    @property
+    def fits(self) -> bool:
+        """Whether every device is within budget (and, for vLLM, the KV pool holds the ctx)."""
+        return all(b.fits for b in self.budget) and not self.suggestions
+
+    def display(self) -> str:
+        """The paste-runnable command (secrets redacted)."""
+        return display(self.argv, self.env)
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable plan for ``--json``."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "hardware": self.hardware_name,
+            "engine": self.profile.engine.kind,
+            "runtime": self.profile.runtime.kind,
+            "argv": display_argv(self.argv),
+            "env": self.env,
+            "secret_env": list(self.secret_env),
+            "endpoint": self.endpoint,
+            "memory": self.memory.to_json(),
+            "budget": [
+                {"device": b.device, "need": b.need, "capacity": b.capacity, "fits": b.fits}
+                for b in self.budget
+            ],
+            "fits": self.fits,
+            "weights_source": self.weights_source,
+            "model_bytes": self.model_bytes,
+            "load_timeout_s": self.load_timeout_s,
+            "plan_hash": self.plan_hash,
+            "warnings": list(self.warnings),
+            "suggestions": list(self.suggestions),
+        }
+
+
+def display_argv(argv: Sequence[str]) -> list[str]:
+    """The argv with secrets redacted."""
+    from orchestrator.render import redact
+
+    return redact(list(argv))
+
+
+# ---------------------------------------------------------------- memory
+
+
+def model_tensors(
+    resolved: ResolvedProfile, header: GgufHeader | None
+) -> tuple[list[Tensor], str]:
+    """The tensor table: the GGUF header's when the file is read, else built from facts."""
+    if header is not None:
+        return list(header.tensors), f"GGUF header ({len(header.files)} file(s))"
+    quant = resolved.profile.model.quant.upper()
+    if quant not in RECIPES:
+        raise ProfileError(
+            resolved.source,
+            [f"model.quant: {resolved.profile.model.quant!r} is not one of {', '.join(RECIPES)}"],
+        )
+    tensors = tensors_from_architecture(
+        resolved.architecture, quant, resolved.profile.model.tensor_types
+    )
+    return tensors, f"architecture facts + {quant} recipe (file not read)"
+
+
+def gpus_for(profile: ModelProfile, hardware: HardwareProfile) -> list[tuple[str, int]]:
+    """``(name, vram_mib)`` of the GPUs this profile may use."""
+    allowed = profile.gpus
+    return [
+        (f"CUDA{g.index}", g.vram_mib)
+        for g in sorted(hardware.gpus, key=lambda g: g.index)
+        if allowed is None or g.index in allowed
+    ]
+
+
+def llama_config(
+    engine: LlamaEngine,
+    caps: EngineCaps,
+    hardware: HardwareProfile,
+    gpus: list[tuple[str, int]],
+    moe_layers: list[int],
+) -> LlamaConfig:
+    """The memory model's view of a llama-server profile."""
+    overrides: list[tuple[str, str]] = [(r.pattern, r.device) for r in engine.override_tensors]
+    if engine.cpu_moe:
+        overrides.append((EXPERT_REGEX, CPU))
+    if engine.n_cpu_moe:
+        overrides.extend(n_cpu_moe_rules(engine.n_cpu_moe, moe_layers, caps.n_cpu_moe_from_end))
+    flash = engine.flash_attn != "off"
+    if not gpus and engine.flash_attn is None:
+        flash = True
+    return LlamaConfig(
+        ctx=engine.ctx,
+        ubatch=engine.ubatch,
+        batch=engine.batch,
+        gpu_layers=-1 if engine.gpu_layers is None else engine.gpu_layers,
+        overrides=tuple(overrides),
+        cache_type_k=engine.cache_type_k,
+        cache_type_v=engine.cache_type_v,
+        flash_attn=flash,
+        load_mode=engine.load_mode or "mmap",
+        parallel=engine.parallel or caps.default_parallel,
+        tensor_split=engine.tensor_split,
+        cache_ram_mib=(
+            engine.cache_ram_mib if engine.cache_ram_mib is not None else caps.default_cache_ram_mib
+        ),
+        gpus=tuple(name for name, _ in gpus),
+        gpu_vram_mib=tuple(v for _, v in gpus),
+        cuda_context_mib=hardware.budget.cuda_context_mib,
+        split_mode=engine.split_mode or "layer",
+        ngl_counts_output=caps.ngl_counts_output,
+    )
+
+
+def estimate(resolved: ResolvedProfile, header: GgufHeader | None) -> tuple[MemoryEstimate, str, int]:
+    """Memory per device, where the tensor sizes came from, and the weights' total bytes."""
+    profile, arch, hardware = resolved.profile, resolved.architecture, resolved.hardware
+    tensors, source = model_tensors(resolved, header)
+    model_bytes = sum(t.nbytes for t in tensors)
+    gpus = gpus_for(profile, hardware)
+    engine = profile.engine
+    if isinstance(engine, VllmEngine):
+        cfg = VllmConfig(
+            max_model_len=engine.max_model_len,
+            max_num_seqs=engine.max_num_seqs,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            kv_cache_dtype=engine.kv_cache_dtype,
+            gpu_vram_mib=tuple(v for _, v in gpus),
+        )
+        return estimate_vllm(arch, tensors, cfg), source, model_bytes
+    caps = engine_caps(engine.kind, engine.version)
+    moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
+    cfg_llama = llama_config(engine, caps, hardware, gpus, moe_layers)
+    return estimate_llama(arch, tensors, cfg_llama), source, model_bytes
+
+
+def budgets(memory: MemoryEstimate, hardware: HardwareProfile) -> tuple[DeviceBudget, ...]:
+    """Compare each device's need with what the hardware profile offers."""
+    out = []
+    for device, need in memory.devices.items():
+        if device == CPU:
+            capacity = int((hardware.memory.ram_gib - hardware.budget.ram_headroom_gib) * GIB)
+        else:
+            gpu = hardware.gpu(int(device.removeprefix("CUDA")))
+            vram = gpu.vram_mib if gpu else 0
+            capacity = (vram - hardware.budget.gpu_headroom_mib) * MIB
+        out.append(DeviceBudget(device, need.total, capacity))
+    return tuple(out)
+
+
+def _fits(resolved: ResolvedProfile, header: GgufHeader | None) -> bool:
+    memory, _, _ = estimate(resolved, header)
+    return all(b.fits for b in budgets(memory, resolved.hardware))
+
+
+def _with_engine(resolved: ResolvedProfile, **changes: Any) -> ResolvedProfile:
+    engine = resolved.profile.engine.model_copy(update=changes)
+    profile = resolved.profile.model_copy(update={"engine": engine})
+    return replace(resolved, profile=profile)
+
+
+def largest_fitting_ctx(resolved: ResolvedProfile, header: GgufHeader | None) -> int | None:
+    """The largest ctx (a multiple of 256) that fits with every other setting unchanged."""
+    engine = resolved.profile.engine
+    assert isinstance(engine, LlamaEngine)
+    low, high = 0, engine.ctx // 256
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _fits(_with_engine(resolved, ctx=mid * 256), header):
+            low = mid
+        else:
+            high = mid - 1
+    return low * 256 if low else None
+
+
+def suggest_llama(resolved: ResolvedProfile, header: GgufHeader | None) -> list[str]:
+    """Changes that would make an over-budget llama.cpp plan fit."""
+    engine = resolved.profile.engine
+    assert isinstance(engine, LlamaEngine)
+    out: list[str] = []
+    ctx = largest_fitting_ctx(resolved, header)
+    if ctx:
+        out.append(f"engine.ctx = {ctx} (the largest context that fits as configured)")
+    if resolved.architecture.moe is not None and not engine.cpu_moe:
+        if _fits(_with_engine(resolved, cpu_moe=True, n_cpu_moe=None), header):
+            out.append("engine.cpu_moe = true (experts in host RAM, attention on the GPU)")
+    if engine.cache_type_k == "f16" and _fits(
+        _with_engine(resolved, cache_type_k="q8_0", cache_type_v="q8_0"), header
+    ):
+        out.append('engine.cache_type_k = engine.cache_type_v = "q8_0" (halves the KV cache)')
+    return out
+
+
+def suggest_vllm(resolved: ResolvedProfile, memory: MemoryEstimate) -> list[str]:
+    """Changes that would let vLLM's KV pool hold ``max_model_len``."""
+    engine = resolved.profile.engine
+    assert isinstance(engine, VllmEngine)
+    capacity = int(memory.facts.get("kv_pool_tokens", 0))
+    if capacity >= engine.max_model_len:
+        return []
+    out = [f"engine.max_model_len = {capacity} (what the KV pool holds)"] if capacity else []
+    if not engine.kv_cache_dtype.startswith("fp8"):
+        out.append(f'engine.kv_cache_dtype = "fp8" (holds about {2 * capacity:,} tokens)')
+    if engine.tensor_parallel_size == 1 and len(resolved.hardware.gpus) >= 2:
+        out.append("engine.tensor_parallel_size = 2 (weights and KV split over two GPUs)")
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def numactl_args(profile: ModelProfile) -> list[str]:
+    """``numactl --cpunodebind=0 --membind=0`` or nothing."""
+    n = profile.numactl
+    if n is None:
+        return []
+    args = ["numactl"]
+    if n.cpunodebind:
+        args.append("--cpunodebind=" + ",".join(map(str, n.cpunodebind)))
+    if n.membind:
+        args.append("--membind=" + ",".join(map(str, n.membind)))
+    if n.interleave:
+        args.append("--interleave=" + ",".join(map(str, n.interleave)))
+    if n.physcpubind:
+        args.append("--physcpubind=" + n.physcpubind)
+    return args
+
+
+def _container_model_path(profile: ModelProfile) -> tuple[str, str]:
+    """(host mount source, model path inside the container)."""
+    host_path = PurePosixPath(profile.model.path)
+    root = PurePosixPath(profile.model.mount_root) if profile.model.mount_root else host_path.parent
+    try:
+        relative = host_path.relative_to(root)
+    except ValueError:
+        raise ProfileError(
+            "", [f"model.path: {host_path} is not inside model.mount_root {root}"]
+        ) from None
+    return str(root), posixpath.join(CONTAINER_MODELS, str(relative))
+
+
+def _plan_hash(parts: dict[str, Any]) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_extra_args(resolved: ResolvedProfile, extra: Sequence[str], kind: str) -> None:
+    known = known_flags(kind)
+    problems = []
+    for i, arg in enumerate(extra):
+        name = arg.split("=", 1)[0]
+        if name in {"--api-key"}:
+            problems.append(
+                f"engine.extra_args[{i}]: {name} would put a secret in the command line "
+                "(use secrets.api_key_env or secrets.api_key_file)"
+            )
+        elif arg.startswith("-") and not arg.lstrip("-").replace(".", "").isdigit():
+            if name not in known:
+                problems.append(f"engine.extra_args[{i}]: {name} is not a {kind} server flag")
+    if problems:
+        raise ProfileError(resolved.source, problems)
+
+
+def build_plan(
+    resolved: ResolvedProfile,
+    env: jinja2.Environment,
+    *,
+    default_bind_host: str = "127.0.0.1",
+    podman_binary: str = "podman",
+    header: GgufHeader | None = None,
+) -> Plan:
+    """Decide everything about one launch. Raises ProfileError / TemplateError on bad input."""
+    profile = resolved.profile
+    engine = profile.engine
+    runtime = profile.runtime
+    host = profile.publish.host or default_bind_host
+    port = profile.publish.port
+    is_podman = isinstance(runtime, PodmanRuntime)
+    warnings: list[str] = []
+
+    secret_env: list[str] = []
+    api_key_file = ""
+    api_key_mount = ""
+    key_env_name = "VLLM_API_KEY" if isinstance(engine, VllmEngine) else "LLAMA_API_KEY"
+    if profile.secrets.api_key_env:
+        secret_env.append(key_env_name)
+    if profile.secrets.api_key_file:
+        if is_podman:
+            api_key_file = CONTAINER_SECRET
+            api_key_mount = f"{profile.secrets.api_key_file}:{CONTAINER_SECRET}:ro,Z"
+        else:
+            api_key_file = profile.secrets.api_key_file
+
+    if is_podman and isinstance(engine, LlamaEngine):
+        mount_source, model_path = _container_model_path(profile)
+        if profile.model.mount_root == "" and resolved.source:
+            pass
+        model_mount = f"{mount_source}:{CONTAINER_MODELS}:{profile.model.mount_options}"
+        bind_host, bind_port = "0.0.0.0", runtime.container_port
+    else:
+        model_path = profile.model.path or profile.model.repo
+        model_mount = ""
+        if is_podman:
+            assert isinstance(runtime, PodmanRuntime)
+            bind_host, bind_port = "0.0.0.0", runtime.container_port
+        else:
+            bind_host, bind_port = host, port
+
+    if isinstance(engine, LlamaEngine):
+        caps = engine_caps(engine.kind, engine.version)
+        if engine.grouped_expert_routing and not caps.grouped_expert_routing:
+            raise ProfileError(
+                resolved.source,
+                [f"engine.grouped_expert_routing: -ger is ik_llama.cpp only (engine is {engine.kind})"],
+            )
+        if engine.cache_ram_mib is not None and not caps.cache_ram:
+            raise ProfileError(
+                resolved.source,
+                [f"engine.cache_ram_mib: --cache-ram is not in {engine.kind} {engine.version}"],
+            )
+        _check_extra_args(resolved, engine.extra_args, engine.kind)
+        template = "engines/llama-server.j2"
+        ot = ",".join(f"{r.pattern}={r.device}" for r in engine.override_tensors)
+    else:
+        caps = engine_caps("vllm", engine.version)
+        _check_extra_args(resolved, engine.extra_args, "vllm")
+        template = "engines/vllm.j2"
+        ot = ""
+        if is_podman:
+            warnings.append("vLLM in podman: the image must provide `vllm` as its entrypoint")
+    engine_ctx = {
+        "e": engine,
+        "caps": caps,
+        "bind_host": bind_host,
+        "bind_port": bind_port,
+        "model_path": model_path,
+        "override_tensors": ot,
+        "api_key_file": api_key_file,
+    }
+    engine_rendered = render_argv(env, template, engine_ctx)
+
+    runtime_env = dict(runtime.env)
+    hash_parts = {
+        "name": resolved.name,
+        "engine_argv": engine_rendered.argv,
+        "runtime": runtime.model_dump(mode="json"),
+        "numactl": numactl_args(profile),
+        "publish": [host, port],
+        "secret_env": secret_env,
+    }
+    plan_hash = _plan_hash(hash_parts)
+    if is_podman:
+        assert isinstance(runtime, PodmanRuntime)
+        runtime_ctx = {
+            "r": runtime,
+            "numactl_args": numactl_args(profile),
+            "podman": podman_binary,
+            "container_name": container_name(resolved.name),
+            "name": resolved.name,
+            "plan_hash": plan_hash,
+            "publish_host": host,
+            "publish_port": port,
+            "model_mount": model_mount or f"{_hf_cache_hint()}:/root/.cache/huggingface:Z",
+            "api_key_mount": api_key_mount,
+            "secret_env": secret_env,
+            "engine_args": engine_rendered.argv,
+        }
+        full = render_argv(env, "runtimes/podman.j2", runtime_ctx)
+        process_env: dict[str, str] = {}
+    else:
+        full = render_argv(
+            env,
+            "runtimes/process.j2",
+            {
+                "numactl_args": numactl_args(profile),
+                "binary": engine.binary,
+                "engine_args": engine_rendered.argv,
+            },
+        )
+        process_env = runtime_env
+
+    memory, weights_source, model_bytes = estimate(resolved, header)
+    device_budgets = budgets(memory, resolved.hardware)
+    suggestions: list[str] = []
+    if isinstance(engine, VllmEngine):
+        suggestions = suggest_vllm(resolved, memory)
+    elif not all(b.fits for b in device_budgets):
+        suggestions = suggest_llama(resolved, header)
+
+    timeout = profile.health.timeout_s or round(120 + model_bytes / READ_BANDWIDTH_BYTES_S, 0)
+    return Plan(
+        name=resolved.name,
+        source=resolved.source,
+        profile=profile,
+        hardware_name=resolved.hardware_name,
+        argv=full.argv,
+        engine_argv=engine_rendered.argv,
+        engine_flags=engine_rendered.flags,
+        env=process_env,
+        secret_env=tuple(secret_env),
+        endpoint=f"http://{_url_host(host)}:{port}",
+        host=host,
+        port=port,
+        memory=memory,
+        budget=device_budgets,
+        weights_source=weights_source,
+        model_bytes=model_bytes,
+        load_timeout_s=timeout,
+        plan_hash=plan_hash,
+        warnings=tuple(warnings),
+        suggestions=tuple(suggestions),
+    )
+
+
+def _hf_cache_hint() -> str:
+    return "/var/lib/orch/huggingface"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def container_name(profile_name: str) -> str:
+    """Podman container name for a profile."""
+    return f"orch-{profile_name}"
+
+
+def require_fit(plan: Plan) -> None:
+    """Raise BudgetError naming each device over budget, by how much, and what would fit."""
+    lines = []
+    for b in plan.budget:
+        if not b.fits:
+            lines.append(
+                f"{b.device}: needs {b.need / GIB:.2f} GiB, budget {b.capacity / GIB:.2f} GiB "
+                f"(over by {b.over_by / GIB:.2f} GiB)"
+            )
+    engine = plan.profile.engine
+    if isinstance(engine, VllmEngine):
+        capacity = int(plan.memory.facts.get("kv_pool_tokens", 0))
+        if capacity < engine.max_model_len:
+            lines.append(
+                f"vLLM KV pool holds {capacity:,} tokens < max_model_len {engine.max_model_len:,}"
+            )
+    if not lines:
+        return
+    text = f"{plan.source}: does not fit {plan.hardware_name}:\n  " + "\n  ".join(lines)
+    if plan.suggestions:
+        text += "\nWould fit with:\n  " + "\n  ".join(plan.suggestions)
+    else:
+        text += "\nNothing orch can change makes it fit: pick smaller weights or more memory."
+    raise BudgetError(text)

@@ -1,0 +1,425 @@
+"""Typed, frozen profile models. Unknown keys are errors everywhere."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.ggml_types import GGML_TYPES
+
+PROFILE_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+
+CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+LoadMode = Literal["mmap", "no-mmap", "mlock"]
+FlashAttn = Literal["on", "off", "auto"]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    """Base: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- hardware
+
+
+class Cpu(Strict):
+    """The host CPU."""
+
+    model: str
+    physical_cores: PosInt
+    threads: PosInt
+    l3_mib: NonNegInt = 0
+
+
+class Memory(Strict):
+    """Host RAM."""
+
+    ram_gib: Annotated[float, Field(gt=0)]
+    channels: NonNegInt = 0
+    bandwidth_gbs: Annotated[float, Field(ge=0)] = 0.0
+
+
+class NumaNode(Strict):
+    """One NUMA node: its id, the CPUs it holds (``0-15,32-47``) and its RAM."""
+
+    node: NonNegInt
+    cpus: str
+    ram_gib: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_list(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", value):
+            raise ValueError(f"{value!r} is not a CPU list like 0-15,32-47")
+        return value
+
+
+class Gpu(Strict):
+    """One GPU as the engine numbers it (CUDA0 is index 0)."""
+
+    index: NonNegInt
+    name: str
+    vram_mib: PosInt
+
+
+class Budget(Strict):
+    """What orch keeps free on each device."""
+
+    gpu_headroom_mib: NonNegInt = 512
+    ram_headroom_gib: Annotated[float, Field(ge=0)] = 8.0
+    cuda_context_mib: NonNegInt = 590
+
+
+class HardwareProfile(Strict):
+    """A machine: CPU, RAM, NUMA layout and GPUs."""
+
+    description: str = ""
+    cpu: Cpu
+    memory: Memory
+    numa: tuple[NumaNode, ...] = ()
+    gpus: tuple[Gpu, ...] = ()
+    budget: Budget = Budget()
+
+    @model_validator(mode="after")
+    def _unique_indices(self) -> HardwareProfile:
+        seen: set[int] = set()
+        for gpu in self.gpus:
+            if gpu.index in seen:
+                raise ValueError(f"gpus: index {gpu.index} appears twice")
+            seen.add(gpu.index)
+        nodes = [n.node for n in self.numa]
+        if len(nodes) != len(set(nodes)):
+            raise ValueError("numa: a node id appears twice")
+        return self
+
+    def gpu(self, index: int) -> Gpu | None:
+        """The GPU with this index, if the machine has it."""
+        return next((g for g in self.gpus if g.index == index), None)
+
+
+# ---------------------------------------------------------------- architecture facts
+
+
+class Moe(Strict):
+    """Mixture-of-experts layout."""
+
+    n_expert: PosInt
+    n_expert_used: PosInt
+    n_ff_exp: PosInt
+    n_ff_shexp: NonNegInt = 0
+    layer_step: PosInt = 1
+    """Every ``layer_step``-th layer is MoE (Llama 4 Maverick interleaves); the rest are dense."""
+
+
+class LinearAttention(Strict):
+    """Hybrid models (Qwen3-Next, Qwen3.5): Gated DeltaNet layers between full-attention ones."""
+
+    full_attention_interval: PosInt
+    n_key_heads: PosInt
+    n_value_heads: PosInt
+    key_head_dim: PosInt
+    value_head_dim: PosInt
+    conv_kernel: PosInt = 4
+
+
+class Architecture(Strict):
+    """Facts about a model that every quant and profile of it share."""
+
+    description: str = ""
+    gguf_arch: str
+    hf_repo: str = ""
+    params_b: Annotated[float, Field(gt=0)]
+    active_params_b: Annotated[float, Field(gt=0)] | None = None
+    n_layer: PosInt
+    n_embd: PosInt
+    n_head: PosInt
+    n_head_kv: PosInt
+    head_dim: PosInt
+    n_ff: NonNegInt = 0
+    vocab: PosInt
+    ctx_train: PosInt
+    tied_embeddings: bool = False
+    sliding_window: NonNegInt = 0
+    sliding_window_pattern: NonNegInt = 0
+    """With a window: every ``pattern``-th layer is global, the rest are windowed."""
+    moe: Moe | None = None
+    linear_attention: LinearAttention | None = None
+    extra_params_b: Annotated[float, Field(ge=0)] = 0.0
+    """Parameters outside the text decoder (vision tower, MTP head) that vLLM still loads."""
+
+    @model_validator(mode="after")
+    def _dense_needs_ff(self) -> Architecture:
+        if self.moe is None and self.n_ff == 0:
+            raise ValueError("n_ff: a dense model needs n_ff > 0")
+        return self
+
+    def has_kv(self, layer: int) -> bool:
+        """Whether a layer keeps a KV cache (hybrid models: only full-attention layers do)."""
+        if self.linear_attention is None:
+            return True
+        return (layer + 1) % self.linear_attention.full_attention_interval == 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether a layer's FFN is a mixture of experts."""
+        return self.moe is not None and (layer + 1) % self.moe.layer_step == 0
+
+
+# ---------------------------------------------------------------- model profile
+
+
+class ModelFile(Strict):
+    """The weights: a GGUF path (llama.cpp engines) or a Hugging Face repo (vLLM)."""
+
+    path: str = ""
+    repo: str = ""
+    quant: str
+    mount_root: str = ""
+    """Podman: the host folder mounted at /models (default: the GGUF's folder)."""
+    mount_options: str = "ro,Z"
+    tensor_types: dict[str, str] = Field(default_factory=dict)
+    """Override the quant recipe per tensor kind, e.g. ``{ffn_exps = "iq4_nl"}``."""
+
+    @field_validator("tensor_types")
+    @classmethod
+    def _known_types(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, type_name in value.items():
+            if type_name.lower() not in GGML_TYPES:
+                raise ValueError(f"{kind}: unknown ggml type {type_name!r}")
+        return value
+
+
+class OverrideTensor(Strict):
+    """One ``-ot pattern=DEVICE`` rule. Rules apply in order; the first match wins."""
+
+    pattern: str
+    device: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"regex {value!r} does not compile: {exc}") from None
+        if "," in value or "=" in value:
+            raise ValueError(f"{value!r}: ',' and '=' separate -ot rules and cannot appear in one")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"CPU|CUDA\d+", value):
+            raise ValueError(f"{value!r} is not a device (valid: CPU, CUDA0, CUDA1, ...)")
+        return value
+
+
+class Sampling(Strict):
+    """Server-side sampling defaults."""
+
+    temp: Annotated[float, Field(ge=0)] | None = None
+    top_k: NonNegInt | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0)] | None = None
+    seed: int | None = None
+
+
+class LlamaEngine(Strict):
+    """llama.cpp's or ik_llama.cpp's llama-server."""
+
+    kind: Literal["llama.cpp", "ik_llama.cpp"]
+    version: str = "latest"
+    binary: str = "llama-server"
+    ctx: PosInt
+    batch: PosInt = 2048
+    ubatch: PosInt = 512
+    threads: PosInt | None = None
+    threads_batch: PosInt | None = None
+    gpu_layers: NonNegInt | None = None
+    split_mode: Literal["layer", "row", "none"] | None = None
+    tensor_split: tuple[Annotated[float, Field(ge=0)], ...] = ()
+    main_gpu: NonNegInt | None = None
+    override_tensors: tuple[OverrideTensor, ...] = ()
+    cpu_moe: bool = False
+    n_cpu_moe: NonNegInt | None = None
+    cache_type_k: CacheType = "f16"
+    cache_type_v: CacheType = "f16"
+    flash_attn: FlashAttn | None = None
+    load_mode: LoadMode | None = None
+    """Default: the engine's (mmap)."""
+    parallel: PosInt | None = None
+    """Default: the engine's (1 slot for the versions orch renders)."""
+    kv_unified: bool = False
+    jinja: bool = False
+    grouped_expert_routing: bool = False
+    """ik_llama.cpp's ``-ger``."""
+    metrics: bool = True
+    cache_ram_mib: int | None = None
+    """llama-server's prompt cache in RAM (``--cache-ram``); -1 is unlimited, 0 off."""
+    sampling: Sampling = Sampling()
+    placement: Literal["manual", "auto"] = "manual"
+    extra_args: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LlamaEngine:
+        if self.ubatch > self.batch:
+            raise ValueError(f"ubatch: {self.ubatch} is larger than batch {self.batch}")
+        if self.cpu_moe and self.n_cpu_moe is not None:
+            raise ValueError("cpu_moe: set cpu_moe or n_cpu_moe, not both")
+        if self.threads_batch is not None and self.threads is None:
+            raise ValueError("threads_batch: set threads too")
+        return self
+
+
+class VllmEngine(Strict):
+    """vLLM's OpenAI-compatible server (``vllm serve``)."""
+
+    kind: Literal["vllm"]
+    version: str = "latest"
+    binary: str = "vllm"
+    max_model_len: PosInt
+    max_num_seqs: PosInt = 256
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    tensor_parallel_size: PosInt = 1
+    dtype: Literal["auto", "bfloat16", "float16", "half", "float32"] = "auto"
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    enable_prefix_caching: bool = False
+    trust_remote_code: bool = False
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    served_model_name: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_parser(self) -> VllmEngine:
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice: needs tool_call_parser")
+        return self
+
+
+Engine = Annotated[LlamaEngine | VllmEngine, Field(discriminator="kind")]
+
+
+class Publish(Strict):
+    """Where the server is reached from the host."""
+
+    host: str | None = None
+    """Default: orch's ``default_bind_host`` (127.0.0.1)."""
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class PodmanRuntime(Strict):
+    """Run the engine in a podman container."""
+
+    kind: Literal["podman"]
+    image: str
+    container_port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    shm_size: str | None = None
+    cap_add: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    init: bool = True
+    network: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("shm_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+[bkmg]?", value):
+            raise ValueError(f"{value!r} is not a size like 16g")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for vol in value:
+            if not re.fullmatch(r"/[^:]*:/[^:]*(:[a-zA-Z,]+)?", vol):
+                raise ValueError(f"{vol!r} is not HOST:CONTAINER[:OPTIONS] with absolute paths")
+        return value
+
+
+class ProcessRuntime(Strict):
+    """Run the engine as a plain child process."""
+
+    kind: Literal["process"]
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+Runtime = Annotated[PodmanRuntime | ProcessRuntime, Field(discriminator="kind")]
+
+
+class Numactl(Strict):
+    """Prefix the command with numactl."""
+
+    cpunodebind: tuple[NonNegInt, ...] = ()
+    membind: tuple[NonNegInt, ...] = ()
+    physcpubind: str | None = None
+    interleave: tuple[NonNegInt, ...] = ()
+
+
+class Health(Strict):
+    """Readiness polling."""
+
+    path: str = "/health"
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    """Default: derived from the model size."""
+
+
+class Warmup(Strict):
+    """Requests sent after ready, so the caches are warm before `orch up` returns."""
+
+    requests: NonNegInt = 3
+    system_prompt: str = (
+        "You are a concise assistant. Answer in one short paragraph unless asked otherwise."
+    )
+    prompt: str = "Say hello and name three prime numbers."
+    max_tokens: PosInt = 32
+
+
+class Secrets(Strict):
+    """Where the API key comes from: an environment variable or a file, never the profile."""
+
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Secrets:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("api_key_env: set api_key_env or api_key_file, not both")
+        return self
+
+
+class ModelProfile(Strict):
+    """One launchable configuration: ``profiles/models/NAME.toml``."""
+
+    description: str = ""
+    architecture: str
+    hardware: str
+    model: ModelFile
+    engine: Engine
+    runtime: Runtime
+    publish: Publish
+    numactl: Numactl | None = None
+    needs_whole_gpu: bool = False
+    gpus: tuple[NonNegInt, ...] | None = None
+    """GPU indices this profile may use (default: all the hardware has)."""
+    health: Health = Health()
+    warmup: Warmup = Warmup()
+    secrets: Secrets = Secrets()
+
+    @model_validator(mode="after")
+    def _model_source(self) -> ModelProfile:
+        if isinstance(self.engine, VllmEngine):
+            if not self.model.repo and not self.model.path:
+                raise ValueError("model: vllm needs model.repo or model.path")
+        elif not self.model.path:
+            raise ValueError("model.path: llama.cpp engines need a GGUF path")
+        elif not self.model.path.endswith(".gguf"):
+            raise ValueError(f"model.path: {self.model.path!r} is not a .gguf file")
+        return self

@@ -145,6 +145,11 @@ def model_tensors(
 def gpus_for(profile: ModelProfile, hardware: HardwareProfile) -> list[tuple[str, int]]:
     """``(name, vram_mib)`` of the GPUs this profile may use."""
     allowed = profile.gpus
+    runtime = profile.runtime
+    if isinstance(runtime, PodmanRuntime) and not any(
+        "gpu" in d or "nvidia" in d for d in runtime.devices
+    ):
+        return []  # a container without a GPU device sees no GPU
     return [
         (f"CUDA{g.index}", g.vram_mib)
         for g in sorted(hardware.gpus, key=lambda g: g.index)

@@ -119,7 +119,8 @@ def format_validation_error(
         elif kind == "literal_error":
             msg = f"{given!r} is not one of {_quoted_choices(str(ctx.get('expected', '')))}"
         elif kind == "union_tag_invalid":
-            msg = f"{given!r} is not one of {_quoted_choices(str(ctx.get('expected_tags', '')))}"
+            tag_given = ctx.get("tag", given)
+            msg = f"{tag_given!r} is not one of {_quoted_choices(str(ctx.get('expected_tags', '')))}"
             key = _dotted(loc + ("kind",))
         elif kind == "union_tag_not_found":
             field = str(loc[-1]) if loc else ""
@@ -131,6 +132,8 @@ def format_validation_error(
             msg = "missing"
         elif kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
             bound = next(iter(ctx.values()), "")
+            if isinstance(bound, float) and bound.is_integer():
+                bound = int(bound)
             op = {
                 "greater_than": ">",
                 "greater_than_equal": ">=",

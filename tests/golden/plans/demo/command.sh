@@ -1,0 +1,12 @@
+llama-server \
+  --host 127.0.0.1 \
+  --port 18181 \
+  --model $HOME/.cache/orch/models/tiny-dense.gguf \
+  --ctx-size 2048 \
+  --threads 2 \
+  --batch-size 512 \
+  --ubatch-size 128 \
+  --n-gpu-layers 0 \
+  --parallel 1 \
+  --cache-ram 0 \
+  --metrics

@@ -1,0 +1,23 @@
+podman run \
+  -d \
+  --name orch-iquest-coder-40b-q5km-cpu \
+  --label orch.profile=iquest-coder-40b-q5km-cpu \
+  --label orch.plan=ff87a35e50f941de \
+  --init \
+  -p 127.0.0.1:8081:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/hf/hub/models--IQuestLab--IQuest-Coder-V1-40B-Instruct-GGUF:/models:ro,Z \
+  compute.home.arpa/llamacpp-zen5 \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/snapshots/main/IQuest-Coder-V1-40B-Instruct-Q5_K_M.gguf \
+  --jinja \
+  --ctx-size 8192 \
+  --threads 14 \
+  --threads-batch 14 \
+  --batch-size 2048 \
+  --ubatch-size 512 \
+  --flash-attn on \
+  --parallel 1 \
+  --metrics

@@ -1,0 +1,27 @@
+numactl \
+  --cpunodebind=0 \
+  --membind=0 \
+  podman run \
+  -d \
+  --name orch-llama4-scout-q6k-cpu \
+  --label orch.profile=llama4-scout-q6k-cpu \
+  --label orch.plan=042a35157ad408eb \
+  --init \
+  -p 127.0.0.1:8081:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/models:/models:ro,Z \
+  compute.home.arpa/llamacpp-zen5 \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/Scout-17B-Q6_K.gguf \
+  --jinja \
+  --ctx-size 8192 \
+  --threads 16 \
+  --threads-batch 16 \
+  --batch-size 2048 \
+  --ubatch-size 512 \
+  --flash-attn on \
+  --parallel 1 \
+  --mlock \
+  --metrics

@@ -1,0 +1,25 @@
+podman run \
+  -d \
+  --name orch-qwen3-coder-next-bf16-cpu \
+  --label orch.profile=qwen3-coder-next-bf16-cpu \
+  --label orch.plan=326b77ec04e5462f \
+  --init \
+  -p 127.0.0.1:8081:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/hf/hub/models--unsloth--Qwen3-Coder-Next-GGUF:/models:Z \
+  compute.home.arpa/llamacpp-zen5:qwen3-coder-next \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/snapshots/main/BF16/Qwen3-Coder-Next-BF16-00001-of-00004.gguf \
+  --jinja \
+  --ctx-size 16384 \
+  --threads 13 \
+  --threads-batch 13 \
+  --batch-size 2048 \
+  --ubatch-size 512 \
+  --cache-type-k q8_0 \
+  --cache-type-v q8_0 \
+  --flash-attn on \
+  --parallel 1 \
+  --metrics

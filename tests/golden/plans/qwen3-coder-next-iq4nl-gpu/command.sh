@@ -1,0 +1,25 @@
+podman run \
+  -d \
+  --name orch-qwen3-coder-next-iq4nl-gpu \
+  --label orch.profile=qwen3-coder-next-iq4nl-gpu \
+  --label orch.plan=04406c00bfa49bd3 \
+  --init \
+  --device nvidia.com/gpu=all \
+  -p 127.0.0.1:8001:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/hf/hub/models--unsloth--Qwen3-Coder-Next-GGUF:/models:ro,Z \
+  compute.home.arpa/ik_llama-cuda \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/snapshots/main/IQ4_NL/Qwen3-Coder-Next-IQ4_NL-00001-of-00002.gguf \
+  --jinja \
+  --ctx-size 65536 \
+  --threads 13 \
+  --threads-batch 23 \
+  --batch-size 2048 \
+  --ubatch-size 2048 \
+  --n-gpu-layers 99 \
+  --flash-attn on \
+  --no-mmap \
+  --metrics

@@ -1,0 +1,11 @@
+vllm serve vincentzed-hf/Qwen3-Coder-Next-NVFP4 \
+  --host 127.0.0.1 \
+  --port 8000 \
+  --dtype auto \
+  --gpu-memory-utilization 0.88 \
+  --max-num-seqs 1 \
+  --max-model-len 32768 \
+  --enable-prefix-caching \
+  --trust-remote-code \
+  --enable-auto-tool-choice \
+  --tool-call-parser qwen3_coder

@@ -1,0 +1,33 @@
+podman run \
+  -d \
+  --name orch-qwen35-397b-iq4-codegen \
+  --label orch.profile=qwen35-397b-iq4-codegen \
+  --label orch.plan=016731f0cd5cfddf \
+  --init \
+  --device nvidia.com/gpu=all \
+  -p 127.0.0.1:8001:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/hf/hub/models--ubergarm--Qwen3.5-397B-A17B-GGUF:/models:ro,Z \
+  compute.home.arpa/ik_llama-cuda \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/snapshots/main/IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf \
+  --jinja \
+  --ctx-size 262144 \
+  --threads 13 \
+  --threads-batch 26 \
+  --batch-size 2048 \
+  --ubatch-size 2048 \
+  --n-gpu-layers 99 \
+  --cpu-moe \
+  --flash-attn on \
+  --no-mmap \
+  -ger \
+  --metrics \
+  --temp 0.7 \
+  --repeat-penalty 1.2 \
+  --min-p 0.01 \
+  --top-p 0.95 \
+  --seed 317 \
+  --top-k 40

@@ -1,0 +1,26 @@
+podman run \
+  -d \
+  --name orch-qwen35-397b-iq4 \
+  --label orch.profile=qwen35-397b-iq4 \
+  --label orch.plan=34dbad6053e0225c \
+  --init \
+  --device nvidia.com/gpu=all \
+  -p 127.0.0.1:8001:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/hf/hub/models--ubergarm--Qwen3.5-397B-A17B-GGUF:/models:ro,Z \
+  compute.home.arpa/ik_llama-cuda \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/snapshots/main/IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf \
+  --jinja \
+  --ctx-size 262144 \
+  --threads 13 \
+  --threads-batch 24 \
+  --batch-size 2048 \
+  --ubatch-size 2048 \
+  --n-gpu-layers 99 \
+  --cpu-moe \
+  --flash-attn on \
+  --no-mmap \
+  --metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import jinja2
@@ -29,9 +30,9 @@ class App:
         """The profiles tree."""
         return Catalog(self.settings.profiles_dir)
 
-    @property
+    @cached_property
     def templates(self) -> jinja2.Environment:
-        """The strict Jinja environment."""
+        """The strict Jinja environment (one per command, so templates compile once)."""
         if not self.settings.templates_dir.is_dir():
             raise ProfileError(
                 "orch settings", [f"templates_dir: {self.settings.templates_dir} is not a folder"]

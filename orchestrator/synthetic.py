@@ -138,7 +138,11 @@ class SyntheticSpec:
         elif self.n_expert or self.n_expert_used or self.n_ff_exp:
             raise ValueError("a dense spec must have n_expert = n_expert_used = n_ff_exp = 0")
         if self.weight_type == "q8_0":
-            rows = (self.n_embd, self.n_head * self.head_dim, self.n_ff_exp if self.is_moe else self.n_ff)
+            rows = (
+                self.n_embd,
+                self.n_head * self.head_dim,
+                self.n_ff_exp if self.is_moe else self.n_ff,
+            )
             if any(r % _Q8_0_BLOCK for r in rows):
                 raise ValueError(f"q8_0 needs row lengths that are multiples of {_Q8_0_BLOCK}")
 
@@ -452,7 +456,8 @@ def write_gguf(
                 cache[key] = np.ones(np_shape, dtype=np.float32)
             else:
                 cache[key] = _random_weights(rng, np_shape, t.ggml_type)
-        writer.add_tensor(t.name, cache[key])
+        raw_dtype = gguf.GGMLQuantizationType.Q8_0 if t.ggml_type == "Q8_0" else None
+        writer.add_tensor(t.name, cache[key], raw_dtype=raw_dtype)
 
     try:
         writer.write_header_to_file()
@@ -498,9 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--spec", required=True, choices=sorted(SPECS), help="named model shape")
     parser.add_argument("--out", required=True, type=Path, help="GGUF file to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument(
-        "--weight-type", choices=sorted(_FILE_TYPE), default=None, help="override the spec's weight type"
+        "--seed", type=int, default=0, help="seed of the random weights (default 0)"
+    )
+    parser.add_argument(
+        "--weight-type",
+        choices=sorted(_FILE_TYPE),
+        default=None,
+        help="override the spec's weight type",
     )
     parser.add_argument(
         "--no-chat-template", action="store_true", help="leave tokenizer.chat_template out"
@@ -510,7 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = _with_overrides(SPECS[args.spec], args.weight_type)
     except ValueError as exc:
         parser.error(str(exc))
-    write_gguf(spec, args.out, seed=args.seed, chat_template=None if args.no_chat_template else CHATML_TEMPLATE)
+    write_gguf(
+        spec,
+        args.out,
+        seed=args.seed,
+        chat_template=None if args.no_chat_template else CHATML_TEMPLATE,
+    )
     return 0
 
 

@@ -53,7 +53,8 @@ def register(commands: Any) -> None:
         help="memory a raw llama-server command line will use, per device",
         description=(
             "Read MODEL.gguf's header (no tensor data) and predict, per device, the memory the\n"
-            "llama-server arguments after -- will use: weights, KV cache, compute, overhead."
+            "llama-server arguments after -- will use: weights, KV cache, compute, overhead.\n"
+            "usage: orch estimate MODEL.gguf [--hardware NAME] [--json] -- LLAMA-SERVER-ARGS"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  orch estimate model.gguf --hardware epyc9175f-rtxpro6000 -- "
@@ -62,7 +63,6 @@ def register(commands: Any) -> None:
     p.add_argument("model", type=Path, metavar="MODEL.gguf")
     p.add_argument("--hardware", help="hardware profile giving the GPUs (default: CPU only)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then llama-server arguments")
     p.set_defaults(handler=cmd_estimate)
 
 
@@ -193,9 +193,7 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
 
 def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
     """Predict a raw llama-server command line's memory."""
-    server_args = list(args.server_args)
-    if server_args and server_args[0] == "--":
-        server_args = server_args[1:]
+    server_args: list[str] = list(args.passthrough)
     path: Path = args.model
     if not path.is_file():
         raise PreflightError(f"{path}: no such model file")

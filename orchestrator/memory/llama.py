@@ -23,6 +23,7 @@ EXPERT_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 OP_OFFLOAD_MIN_BATCH = 32
 F32 = 4
 F16 = 2
+CPU_ONLY_BASE_MIB = 24
 
 
 def n_cpu_moe_rules(
@@ -195,6 +196,12 @@ def estimate_llama(
     for tensor in tensors:
         device = placement.tensor_device[tensor.name]
         weights[device] = weights.get(device, 0) + tensor.nbytes
+    cpu_indices = [i for i, t in enumerate(tensors) if placement.tensor_device[t.name] == CPU]
+    if cfg.load_mode != "no-mmap" and cfg.gpus and cpu_indices:
+        # mmap: the host buffer is the file range from the first to the last host tensor,
+        # GPU tensors in between included (their pages were read to upload them).
+        span = tensors[cpu_indices[0] : cpu_indices[-1] + 1]
+        weights[CPU] = sum(t.nbytes for t in span)
     kv: dict[str, int] = {}
     for layer in range(arch.n_layer):
         device = placement.layer_device[layer]
@@ -241,11 +248,14 @@ def estimate_llama(
         )
     prompt_cache = max(cfg.cache_ram_mib, 0) * MIB
     output_buffer = arch.vocab * F32 * max(cfg.parallel, 1)
+    # Process baseline: the CUDA runtime's libraries and host state (~340 MiB on the H100 runs)
+    # or, for a CPU-only process, just the server (~20 MiB measured here).
+    base = cfg.host_base_mib if used_gpus else CPU_ONLY_BASE_MIB
     devices[CPU] = DeviceMemory(
         weights=weights.get(CPU, 0),
         kv=kv.get(CPU, 0),
         compute=compute.get(CPU, 0),
-        overhead=cfg.host_base_mib * MIB + prompt_cache + output_buffer,
+        overhead=base * MIB + prompt_cache + output_buffer,
     )
     if cfg.load_mode == "mmap" and weights.get(CPU, 0):
         notes.append("host weights are mmapped: page cache, resident once touched")

@@ -1,0 +1,67 @@
+# orch: `make demo` sets everything up and runs the demo; `make check` runs lint, types and tests.
+SHELL := /bin/bash
+PY := .venv/bin/python
+ORCH := .venv/bin/orch
+export CONTAINERS_CONF ?= $(CURDIR)/tests/podman.containers.conf
+LLAMA_SERVER_LINK := .venv/bin/llama-server
+DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
+IMAGE := localhost/orch-llama-server:11434.0.0
+
+.PHONY: setup system venv llama-server image demo-model demo down check lint types test fmt golden bench-plan bench-memory clean
+
+setup: system venv llama-server demo-model image
+
+system:
+	@bash scripts/install-system-deps.sh
+
+venv: .venv/.installed
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+llama-server: venv
+	@bin=$$(bash scripts/build-llama-server.sh | tail -n 1) && ln -sf "$$bin" $(LLAMA_SERVER_LINK) && echo "llama-server: $$bin"
+
+image: llama-server
+	bash scripts/build-image.sh $(IMAGE) "$$(readlink -f $(LLAMA_SERVER_LINK))"
+
+demo-model: venv
+	@test -f $(DEMO_MODEL) || $(PY) -m orchestrator.synthetic --spec tiny-dense --out $(DEMO_MODEL)
+
+demo: setup
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) plan demo
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) up demo
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) status demo
+
+down:
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) down demo
+
+check: setup lint types test
+
+lint: venv
+	.venv/bin/ruff check orchestrator tests benchmarks
+	.venv/bin/ruff format --check orchestrator tests benchmarks
+
+types: venv
+	.venv/bin/mypy
+
+test: setup
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q
+
+fmt: venv
+	.venv/bin/ruff format orchestrator tests benchmarks
+	.venv/bin/ruff check --fix orchestrator tests benchmarks
+
+golden: venv
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q tests/test_golden_plans.py tests/test_units.py --update-golden
+
+bench-plan: venv
+	$(PY) benchmarks/bench_plan.py
+
+bench-memory: venv
+	$(PY) benchmarks/bench_memory.py
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -43,7 +43,9 @@ def main() -> int:
     print(f"002 IQ4_NL all-GPU   GPU weights        {gpu['CUDA0']:10.0f}  42875")
     print(f"004 Scout NVFP4 weights (GiB)           {scout_dev.weights / GIB:10.2f}  ~63.5")
     print(f"004 Scout NVFP4 KV pool (GiB)           {scout_dev.kv / GIB:10.2f}  ~20.2")
-    print(f"004 Scout NVFP4 KV tokens               {scout.memory.facts['kv_pool_tokens']:10,}  ~110,256")
+    print(
+        f"004 Scout NVFP4 KV tokens               {scout.memory.facts['kv_pool_tokens']:10,}  ~110,256"
+    )
     return 1 if misses else 0
 
 

@@ -34,8 +34,12 @@ def main() -> int:
         subprocess.run(orch, cwd=ROOT, check=True, capture_output=True)
         cli.append(time.perf_counter() - start)
     print(f"{len(names)} profiles, {RUNS} runs each")
-    print(f"in-process plan of all: min {min(inproc) * 1000:.0f} ms, median {statistics.median(inproc) * 1000:.0f} ms")
-    print(f"`orch plan --dry-run --json` (whole process): min {min(cli) * 1000:.0f} ms, median {statistics.median(cli) * 1000:.0f} ms")
+    print(
+        f"in-process plan of all: min {min(inproc) * 1000:.0f} ms, median {statistics.median(inproc) * 1000:.0f} ms"
+    )
+    print(
+        f"`orch plan --dry-run --json` (whole process): min {min(cli) * 1000:.0f} ms, median {statistics.median(cli) * 1000:.0f} ms"
+    )
     return 0
 
 

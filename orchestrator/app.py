@@ -50,9 +50,7 @@ class App:
             )
         return catalog.load(name, hardware)
 
-    def plan(
-        self, name: str, *, read_header: bool, hardware: str | None = None
-    ) -> Plan:
+    def plan(self, name: str, *, read_header: bool, hardware: str | None = None) -> Plan:
         """Resolve and plan one profile; read its GGUF header when asked and present."""
         resolved = self.resolve(name, hardware)
         header = self.header(resolved) if read_header else None

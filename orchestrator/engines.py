@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 LOAD_MODE_SINCE_BUILD = 10114
-"""First upstream llama.cpp build with ``--load-mode`` (PR #20834); older builds take ``--mlock``."""
+"""First upstream build with ``--load-mode`` (PR #20834); older builds take ``--mlock``."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True)
 class GgmlType:
     """How many elements one block holds and how many bytes it takes."""

@@ -15,7 +15,13 @@ import jinja2
 from orchestrator.engines import EngineCaps, engine_caps, known_flags
 from orchestrator.errors import BudgetError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
-from orchestrator.memory.llama import CPU, EXPERT_REGEX, LlamaConfig, estimate_llama, n_cpu_moe_rules
+from orchestrator.memory.llama import (
+    CPU,
+    EXPERT_REGEX,
+    LlamaConfig,
+    estimate_llama,
+    n_cpu_moe_rules,
+)
 from orchestrator.memory.tensors import RECIPES, GgufHeader, Tensor, tensors_from_architecture
 from orchestrator.memory.vllm import VllmConfig, estimate_vllm
 from orchestrator.profiles.loader import ResolvedProfile
@@ -124,9 +130,7 @@ def display_argv(argv: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- memory
 
 
-def model_tensors(
-    resolved: ResolvedProfile, header: GgufHeader | None
-) -> tuple[list[Tensor], str]:
+def model_tensors(resolved: ResolvedProfile, header: GgufHeader | None) -> tuple[list[Tensor], str]:
     """The tensor table: the GGUF header's when the file is read, else built from facts."""
     if header is not None:
         return list(header.tensors), f"GGUF header ({len(header.files)} file(s))"
@@ -196,7 +200,9 @@ def llama_config(
     )
 
 
-def estimate(resolved: ResolvedProfile, header: GgufHeader | None) -> tuple[MemoryEstimate, str, int]:
+def estimate(
+    resolved: ResolvedProfile, header: GgufHeader | None
+) -> tuple[MemoryEstimate, str, int]:
     """Memory per device, where the tensor sizes came from, and the weights' total bytes."""
     profile, arch, hardware = resolved.profile, resolved.architecture, resolved.hardware
     tensors, source = model_tensors(resolved, header)
@@ -376,10 +382,8 @@ def build_plan(
         else:
             api_key_file = profile.secrets.api_key_file
 
-    if is_podman and isinstance(engine, LlamaEngine):
+    if isinstance(runtime, PodmanRuntime) and isinstance(engine, LlamaEngine):
         mount_source, model_path = _container_model_path(profile)
-        if profile.model.mount_root == "" and resolved.source:
-            pass
         model_mount = f"{mount_source}:{CONTAINER_MODELS}:{profile.model.mount_options}"
         bind_host, bind_port = "0.0.0.0", runtime.container_port
     else:
@@ -396,7 +400,10 @@ def build_plan(
         if engine.grouped_expert_routing and not caps.grouped_expert_routing:
             raise ProfileError(
                 resolved.source,
-                [f"engine.grouped_expert_routing: -ger is ik_llama.cpp only (engine is {engine.kind})"],
+                [
+                    "engine.grouped_expert_routing: -ger is ik_llama.cpp only "
+                    f"(engine is {engine.kind})"
+                ],
             )
         if engine.cache_ram_mib is not None and not caps.cache_ram:
             raise ProfileError(

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.memory.breakdown import GIB, MIB
-from orchestrator.memory.calibration import compare_h100
-from orchestrator.memory.llama import LlamaConfig, estimate_llama, place
+from orchestrator.memory.calibration import Comparison, compare_h100
+from orchestrator.memory.llama import LlamaConfig, place
 from orchestrator.memory.tensors import tensors_from_architecture
 from orchestrator.plan import build_plan
 from orchestrator.profiles.loader import Catalog
@@ -20,7 +20,7 @@ TABLE = REPO / "benchmarks" / "data" / "h100-llama-server.csv"
 
 @pytest.mark.parametrize("comparison", compare_h100(TABLE), ids=lambda c: f"{c.run}-{c.quantity}")
 def test_h100_runs_within_target(comparison: object) -> None:
-    assert getattr(comparison, "within_target"), comparison
+    assert comparison.within_target, comparison
 
 
 def plan(name: str):  # type: ignore[no-untyped-def]
@@ -74,9 +74,13 @@ def test_ngl_counts_output_layer_upstream() -> None:
 def test_ik_ngl_keeps_output_on_host() -> None:
     arch = Catalog(PROFILES).architecture("iquest-coder-v1-40b", "t")
     tensors = tensors_from_architecture(arch, "Q5_K_M")
-    cfg = LlamaConfig(ctx=4096, gpu_layers=10, gpus=("CUDA0",), gpu_vram_mib=(97887,), ngl_counts_output=False)
+    cfg = LlamaConfig(
+        ctx=4096, gpu_layers=10, gpus=("CUDA0",), gpu_vram_mib=(97887,), ngl_counts_output=False
+    )
     placed = place(tensors, arch.n_layer, cfg)
-    assert sorted(layer for layer, d in placed.layer_device.items() if d == "CUDA0") == list(range(70, 80))
+    assert sorted(layer for layer, d in placed.layer_device.items() if d == "CUDA0") == list(
+        range(70, 80)
+    )
     assert placed.output_device == "CPU"
 
 
@@ -102,7 +106,21 @@ def test_estimate_cli_on_a_real_gguf(tmp_path: Path, capsys: pytest.CaptureFixtu
     from orchestrator.synthetic import TINY_MOE, write_gguf
 
     path = write_gguf(TINY_MOE, tmp_path / "m.gguf")
-    code = main(["estimate", str(path), "--hardware", "epyc9175f-rtxpro6000", "--json", "--", "-c", "4096", "-ngl", "99", "--cpu-moe"])
+    code = main(
+        [
+            "estimate",
+            str(path),
+            "--hardware",
+            "epyc9175f-rtxpro6000",
+            "--json",
+            "--",
+            "-c",
+            "4096",
+            "-ngl",
+            "99",
+            "--cpu-moe",
+        ]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     devices = data["devices"]

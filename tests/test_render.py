@@ -14,11 +14,20 @@ from orchestrator.profiles.loader import Catalog
 from orchestrator.render import TemplateError, display, make_environment, redact, render_argv
 from tests.conftest import PROFILES, TEMPLATES
 
-NASTY = ["has space", "it's \"quoted\"", "$(touch /tmp/pwned)", "--leading-dashes", "a\nnewline", "`id`", "*", ""]
+NASTY = [
+    "has space",
+    'it\'s "quoted"',
+    "$(touch /tmp/pwned)",
+    "--leading-dashes",
+    "a\nnewline",
+    "`id`",
+    "*",
+    "",
+]
 
 
 def bash_words(script_line: str) -> list[str]:
-    script = f"set -- {script_line}\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done"
+    script = f'set -- {script_line}\nfor a in "$@"; do printf \'%s\\0\' "$a"; done'
     out = subprocess.run(["bash", "-c", script], capture_output=True, check=True).stdout
     return out.decode().split("\0")[:-1]
 
@@ -66,7 +75,12 @@ def test_environment_is_strict(tmp_path: Path) -> None:
 
 def test_secrets_are_redacted() -> None:
     assert redact(["x", "--api-key", "s3", "--api-key=s4", "--port", "1"]) == [
-        "x", "--api-key", "<redacted>", "--api-key=<redacted>", "--port", "1"
+        "x",
+        "--api-key",
+        "<redacted>",
+        "--api-key=<redacted>",
+        "--port",
+        "1",
     ]
 
 

@@ -27,8 +27,19 @@ ORCH_ADDS = {"-d", "--name", "--label", "--init", "--metrics"}
 SEED_ONLY = {"--rm", "-it"}
 ORCH_ENGINE_DEFAULTS = {"--dtype", "--gpu-memory-utilization", "--host", "--port"}
 BOOL_FLAGS = {
-    "--rm", "-it", "-d", "--init", "--jinja", "--cpu-moe", "--no-mmap", "--mlock", "--metrics",
-    "-ger", "--enable-prefix-caching", "--trust-remote-code", "--enable-auto-tool-choice",
+    "--rm",
+    "-it",
+    "-d",
+    "--init",
+    "--jinja",
+    "--cpu-moe",
+    "--no-mmap",
+    "--mlock",
+    "--metrics",
+    "-ger",
+    "--enable-prefix-caching",
+    "--trust-remote-code",
+    "--enable-auto-tool-choice",
 }
 
 
@@ -62,7 +73,9 @@ def seed_words(name: str, plan: Plan) -> list[str]:
     runtime = profile.runtime
     model = profile.model
     mount_root = model.mount_root or str(Path(model.path).parent)
-    container_model = "/models/" + str(Path(model.path).relative_to(mount_root)) if model.path else ""
+    container_model = (
+        "/models/" + str(Path(model.path).relative_to(mount_root)) if model.path else ""
+    )
     values = {  # longest names first: $MO is a prefix of $MODEL
         "MODEL": container_model,
         "model": model.path,
@@ -90,8 +103,12 @@ def test_seed_command_matches(name: str) -> None:
 
     seed_e, orch_e = pairs(seed_engine), pairs(orch_engine)
     # program words: the binary (path differs for process runs) and `serve MODEL`
-    seed_e = Counter({k: v for k, v in seed_e.items() if k[0] or k[1] in ("serve", plan.profile.model.repo)})
-    orch_e = Counter({k: v for k, v in orch_e.items() if k[0] or k[1] in ("serve", plan.profile.model.repo)})
+    seed_e = Counter(
+        {k: v for k, v in seed_e.items() if k[0] or k[1] in ("serve", plan.profile.model.repo)}
+    )
+    orch_e = Counter(
+        {k: v for k, v in orch_e.items() if k[0] or k[1] in ("serve", plan.profile.model.repo)}
+    )
     missing = seed_e - orch_e
     extra = orch_e - seed_e
     if name == "qwen35-397b-iq4-codegen":

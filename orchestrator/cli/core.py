@@ -42,7 +42,9 @@ def register(commands: Any) -> None:
         epilog="examples:\n  orch plan --dry-run\n  orch plan --dry-run --json qwen35-397b-iq4\n"
         "  orch plan demo",
     )
-    p.add_argument("names", nargs="*", metavar="NAME", help="profile names (profiles/models/NAME.toml)")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help="profile names (profiles/models/NAME.toml)"
+    )
     p.add_argument("--dry-run", action="store_true", help="no host probing; declared hardware only")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--hardware", help="plan against another hardware profile")
@@ -213,7 +215,11 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         context_mib = hardware.budget.cuda_context_mib
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
     cfg = parse_llama_args(
-        server_args, gpus=gpus, gpu_vram_mib=vram, cuda_context_mib=context_mib, moe_layers=moe_layers
+        server_args,
+        gpus=gpus,
+        gpu_vram_mib=vram,
+        cuda_context_mib=context_mib,
+        moe_layers=moe_layers,
     )
     memory = estimate_llama(arch, list(header.tensors), cfg)
     if args.json:

@@ -1,0 +1,1 @@
+"""Flag catalogues shipped with orch."""

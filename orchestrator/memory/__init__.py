@@ -1,0 +1,1 @@
+"""Memory model: tensors, placement, KV cache, compute buffers, per-device budgets."""

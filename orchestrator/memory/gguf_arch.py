@@ -168,9 +168,7 @@ def parse_llama_args(
 
     for flag in ("--cache-type-k", "--cache-type-v"):
         if flag in values and values[flag] not in KV_CACHE_TYPES:
-            raise ArgsError(
-                f"{flag}: {values[flag]!r} is not one of {', '.join(KV_CACHE_TYPES)}"
-            )
+            raise ArgsError(f"{flag}: {values[flag]!r} is not one of {', '.join(KV_CACHE_TYPES)}")
     ngl_raw = values.get("--n-gpu-layers", "-1")
     ngl = -1 if ngl_raw in ("all", "auto", "-1") else int(ngl_raw)
     load_mode = {"none": "no-mmap", "mlock": "mlock", "mmap+mlock": "mlock"}.get(
@@ -180,9 +178,11 @@ def parse_llama_args(
         load_mode = "no-mmap"
     if "--mlock" in flags:
         load_mode = "mlock"
-    split = tuple(float(x) for x in values["--tensor-split"].split(",")) if (
-        "--tensor-split" in values
-    ) else ()
+    split = (
+        tuple(float(x) for x in values["--tensor-split"].split(","))
+        if ("--tensor-split" in values)
+        else ()
+    )
     return LlamaConfig(
         ctx=number("--ctx-size", 0),
         ubatch=number("--ubatch-size", 512),

@@ -82,8 +82,8 @@ def _layer_devices(n_layer: int, cfg: LlamaConfig) -> tuple[dict[int, str], str]
     if not cfg.ngl_counts_output and gpu_layers <= n_layer:
         # ik_llama.cpp: the last N blocks; the output layer stays on the host
         start = max(n_layer - gpu_layers, 0)
-    weights = list(cfg.tensor_split) or [float(v) for v in cfg.gpu_vram_mib] or [1.0] * len(
-        cfg.gpus
+    weights = (
+        list(cfg.tensor_split) or [float(v) for v in cfg.gpu_vram_mib] or [1.0] * len(cfg.gpus)
     )
     weights = (weights + [0.0] * len(cfg.gpus))[: len(cfg.gpus)]
     if cfg.split_mode == "none":

@@ -170,8 +170,8 @@ def tensors_from_architecture(
             return _sized(name, shape, overrides[kind])
         specific = _BLOCK.sub("", name).rsplit(".", 1)[0]
         table = RECIPES[recipe]
-        type_name = overrides.get(specific) or table.get(specific) or recipe_type(
-            recipe, kind, overrides
+        type_name = (
+            overrides.get(specific) or table.get(specific) or recipe_type(recipe, kind, overrides)
         )
         return _sized(name, shape, type_name)
 

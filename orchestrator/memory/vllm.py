@@ -44,9 +44,7 @@ def activation_bytes(arch: Architecture, cfg: VllmConfig) -> int:
     return ACTIVATION_TENSORS * tokens * arch.n_embd * 2
 
 
-def estimate_vllm(
-    arch: Architecture, tensors: Sequence[Tensor], cfg: VllmConfig
-) -> MemoryEstimate:
+def estimate_vllm(arch: Architecture, tensors: Sequence[Tensor], cfg: VllmConfig) -> MemoryEstimate:
     """Per-GPU memory and the KV pool's token capacity."""
     tp = cfg.tensor_parallel_size
     weights_total = sum(t.nbytes for t in tensors)

@@ -120,7 +120,9 @@ def format_validation_error(
             msg = f"{given!r} is not one of {_quoted_choices(str(ctx.get('expected', '')))}"
         elif kind == "union_tag_invalid":
             tag_given = ctx.get("tag", given)
-            msg = f"{tag_given!r} is not one of {_quoted_choices(str(ctx.get('expected_tags', '')))}"
+            msg = (
+                f"{tag_given!r} is not one of {_quoted_choices(str(ctx.get('expected_tags', '')))}"
+            )
             key = _dotted(loc + ("kind",))
         elif kind == "union_tag_not_found":
             field = str(loc[-1]) if loc else ""
@@ -158,9 +160,7 @@ def format_validation_error(
         elif kind == "value_error":
             text = str(ctx.get("error", err["msg"]))
             inner_key, sep, rest = text.partition(": ")
-            if sep and re.fullmatch(r"[a-z_.\[\]0-9]+", inner_key) and not isinstance(
-                given, str
-            ):
+            if sep and re.fullmatch(r"[a-z_.\[\]0-9]+", inner_key) and not isinstance(given, str):
                 key = _dotted(loc + tuple(inner_key.split("."))) if key else inner_key
                 text = rest
             msg = text
@@ -276,7 +276,9 @@ class Catalog:
         text, source = self._read("architectures", name, referrer, key)
         return parse_architecture(text, source)
 
-    def _model_data(self, name: str, referrer: str, key: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    def _model_data(
+        self, name: str, referrer: str, key: str, chain: tuple[str, ...]
+    ) -> dict[str, Any]:
         text, source = self._read("models", name, referrer, key)
         data = parse_toml(text, source)
         parent = data.pop("extends", None)

@@ -19,7 +19,7 @@ TABLE = REPO / "benchmarks" / "data" / "h100-llama-server.csv"
 
 
 @pytest.mark.parametrize("comparison", compare_h100(TABLE), ids=lambda c: f"{c.run}-{c.quantity}")
-def test_h100_runs_within_target(comparison: object) -> None:
+def test_h100_runs_within_target(comparison: Comparison) -> None:
     assert comparison.within_target, comparison
 
 

@@ -1,0 +1,151 @@
+"""A plan plus host facts → the text of a systemd unit. Pure: nothing here probes the host.
+
+The unit runs ``orch up --foreground NAME`` as a ``Type=notify`` service: orch itself tells
+systemd when the engine is ready (after warm-up), pings the watchdog while it supervises, and
+``orch down NAME`` stops it. Everything about the host (where orch lives, the environment it
+needs) arrives as :class:`UnitHost`, so the same inputs always give the same text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import jinja2
+
+from orchestrator.errors import OrchError
+from orchestrator.memory.breakdown import GIB
+from orchestrator.plan import Plan
+from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime
+
+TEMPLATE = "systemd/orch.service.j2"
+WARMUP_BASE_S = 30
+"""Allowance after the health check passes: the process settling and the first request."""
+WARMUP_PER_REQUEST_S = 60
+"""Allowance per warm-up request: a cold CPU prefill can take tens of seconds."""
+WATCHDOG_S = 60
+"""orch pings every half of this while it supervises the engine."""
+STOP_TIMEOUT_S = 90
+RESTART_S = 30
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class UnitError(OrchError):
+    """The unit cannot be written from the given inputs."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class UnitHost:
+    """Facts about the host the unit refers to, gathered by the caller.
+
+    Attributes:
+        orch_path: Absolute path of the ``orch`` executable the unit runs.
+        environment: ``Environment=`` variables (ORCH_PROFILES_DIR, ORCH_STATE_DIR, PATH...).
+        user: A ``systemctl --user`` unit (no system targets; ``default.target``).
+    """
+
+    orch_path: str
+    environment: Mapping[str, str] = field(default_factory=dict)
+    user: bool = False
+
+
+def unit_name(profile_name: str) -> str:
+    """The unit's file name: ``orch-NAME.service``."""
+    return f"orch-{profile_name}.service"
+
+
+def warmup_allowance_s(plan: Plan) -> int:
+    """Seconds allowed between the engine answering /health and orch reporting READY."""
+    return WARMUP_BASE_S + WARMUP_PER_REQUEST_S * plan.profile.warmup.requests
+
+
+def start_timeout_s(plan: Plan) -> int:
+    """``TimeoutStartSec``: the plan's load timeout plus the warm-up allowance."""
+    return math.ceil(plan.load_timeout_s) + warmup_allowance_s(plan)
+
+
+def escape_specifiers(text: str) -> str:
+    """Escape systemd's ``%`` specifiers."""
+    return text.replace("%", "%%")
+
+
+def quote_word(word: str) -> str:
+    """One ExecStart= word: quoted when needed, ``%`` and ``$`` escaped."""
+    text = escape_specifiers(word).replace("$", "$$")
+    if text and re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def environment_line(name: str, value: str) -> str:
+    """One ``Environment=`` assignment, double-quoted so spaces survive."""
+    if not _ENV_NAME.fullmatch(name):
+        raise UnitError(f"environment: {name!r} is not a variable name")
+    if "\n" in value:
+        raise UnitError(f"environment: {name} contains a newline")
+    text = escape_specifiers(f"{name}={value}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _description(plan: Plan) -> str:
+    text = " ".join(plan.profile.description.split()) or f"{plan.profile.engine.kind} model server"
+    return escape_specifiers(f"orch {plan.name}: {text}")
+
+
+def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
+    """The template's variables, every value already escaped for systemd."""
+    if not PurePosixPath(host.orch_path).is_absolute():
+        raise UnitError(f"orch path {host.orch_path!r} is not absolute (systemd needs one)")
+    orch = quote_word(host.orch_path)
+    profile = plan.profile
+    podman = isinstance(profile.runtime, PodmanRuntime)
+    wants: list[str] = []
+    after: list[str] = []
+    mounts: list[str] = []
+    if not host.user:
+        # Clients reach the server over the network and vLLM may fetch weights: wait for it.
+        wants.append("network-online.target")
+        after.append("network-online.target")
+    if podman:
+        # podman is daemonless (no podman.socket needed); it does need its runtime dir.
+        mounts.append("%t/containers")
+    engine = profile.engine
+    memlock = isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
+    api_key_env = profile.secrets.api_key_env or ""
+    return {
+        "name": plan.name,
+        "description": _description(plan),
+        "wants": wants,
+        "after": after,
+        "requires_mounts_for": mounts,
+        "exec_start": f"{orch} up --foreground {quote_word(plan.name)}",
+        "exec_stop": f"{orch} down {quote_word(plan.name)}",
+        "environment": [environment_line(k, v) for k, v in sorted(host.environment.items())],
+        "environment_file": f"-%E/orch/{plan.name}.env" if api_key_env else "",
+        "api_key_env": api_key_env,
+        "load_timeout_s": math.ceil(plan.load_timeout_s),
+        "model_gib": f"{plan.model_bytes / GIB:.2f}",
+        "warmup_s": warmup_allowance_s(plan),
+        "warmup_requests": profile.warmup.requests,
+        "timeout_start_s": start_timeout_s(plan),
+        "timeout_stop_s": STOP_TIMEOUT_S,
+        "watchdog_s": WATCHDOG_S,
+        "restart_s": RESTART_S,
+        "memlock_infinity": memlock,
+        "wanted_by": "default.target" if host.user else "multi-user.target",
+    }
+
+
+def render_unit(plan: Plan, host: UnitHost, env: jinja2.Environment) -> str:
+    """The unit file text for ``plan`` (``env``: orch's strict template environment)."""
+    try:
+        return env.get_template(TEMPLATE).render(**unit_context(plan, host))
+    except jinja2.TemplateNotFound as exc:
+        raise UnitError(f"template {exc.name!r} not found in {env.loader}") from None
+    except jinja2.UndefinedError as exc:
+        raise UnitError(f"{TEMPLATE}: {exc.message}") from None

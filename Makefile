@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model demo down check lint types test fmt golden bench-plan bench-memory clean
+.PHONY: setup system venv llama-server image demo-model demo check lint types test fmt golden bench-plan bench-memory clean
 
 setup: system venv llama-server demo-model image
 
@@ -31,12 +31,9 @@ demo-model: venv
 	@test -f $(DEMO_MODEL) || $(PY) -m orchestrator.synthetic --spec tiny-dense --out $(DEMO_MODEL)
 
 demo: setup
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) validate
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) plan --dry-run
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) plan demo
-	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) up demo
-	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) status demo
-
-down:
-	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) down demo
 
 check: setup lint types test
 

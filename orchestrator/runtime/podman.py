@@ -1,0 +1,273 @@
+"""The podman runtime: launch with the plan's own argv, then manage through the API socket.
+
+``podman run`` is executed exactly as ``orch plan`` shows it. Everything after that (state,
+exit code, logs, stop, remove) goes through podman-py over the API socket: the host's if one
+answers, else a short-lived ``podman system service`` that orch starts and removes itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from podman import PodmanClient
+from podman.errors import APIError, NotFound
+
+from orchestrator.errors import LaunchError, PreflightError
+
+LABEL = "orch.profile"
+SERVICE_IDLE_S = 60
+"""``podman system service --time``: the service exits on its own if orch is killed."""
+
+
+def _ping(uri: str, timeout: float = 2.0) -> PodmanClient | None:
+    client = PodmanClient(base_url=uri, timeout=timeout)
+    try:
+        if client.ping():
+            return client
+    except Exception:  # noqa: BLE001 - any failure means "not this socket"
+        pass
+    client.close()  # type: ignore[no-untyped-call]
+    return None
+
+
+def host_sockets(environ: Mapping[str, str]) -> list[str]:
+    """Candidate API sockets on this host, most specific first."""
+    out = []
+    if environ.get("CONTAINER_HOST", "").startswith("unix://"):
+        out.append(environ["CONTAINER_HOST"])
+    runtime_dir = environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        out.append(f"unix://{runtime_dir}/podman/podman.sock")
+    if os.geteuid() == 0:
+        out.append("unix:///run/podman/podman.sock")
+    return [uri for uri in out if Path(uri.removeprefix("unix://")).exists()]
+
+
+@contextlib.contextmanager
+def connect(podman_binary: str, state_dir: Path, *, wait_s: float = 15.0) -> Iterator[PodmanClient]:
+    """A podman-py client: the host's socket if one answers, else a private service.
+
+    Raises:
+        PreflightError: If no service answers and none can be started.
+    """
+    for uri in host_sockets(os.environ):
+        client = _ping(uri)
+        if client is not None:
+            try:
+                yield client
+            finally:
+                client.close()  # type: ignore[no-untyped-call]
+            return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    sock = state_dir / f"podman.{os.getpid()}.sock"
+    sock.unlink(missing_ok=True)
+    uri = f"unix://{sock}"
+    try:
+        service = subprocess.Popen(
+            [podman_binary, "system", "service", f"--time={SERVICE_IDLE_S}", uri],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise PreflightError(f"cannot run {podman_binary}: {exc.strerror or exc}") from None
+    try:
+        deadline = time.monotonic() + wait_s
+        client = None
+        while client is None:
+            if service.poll() is not None:
+                err = service.stderr.read().decode(errors="replace") if service.stderr else ""
+                raise PreflightError(f"podman system service exited: {err.strip()[-500:]}")
+            if time.monotonic() > deadline:
+                raise PreflightError(f"podman system service did not answer on {sock}")
+            if sock.exists():
+                client = _ping(uri)
+            if client is None:
+                time.sleep(0.02)
+        try:
+            yield client
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
+    finally:
+        service.terminate()
+        try:
+            service.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+        if service.stderr:
+            service.stderr.close()
+        sock.unlink(missing_ok=True)
+
+
+def _state(attrs: dict[str, Any]) -> tuple[str, int | None, int | None]:
+    """(status, exit code, host pid) from inspect or list attrs (State may be a string)."""
+    state = attrs.get("State")
+    if isinstance(state, dict):
+        pid = state.get("Pid") or None
+        return str(state.get("Status", "unknown")), state.get("ExitCode"), pid
+    return str(state or "unknown"), attrs.get("ExitCode"), attrs.get("Pid") or None
+
+
+class ContainerHandle:
+    """A container orch launched, managed over the API."""
+
+    def __init__(self, client: PodmanClient, container_id: str, name: str) -> None:
+        """Attach to ``container_id``."""
+        self.client = client
+        self.id = container_id
+        self.name = name
+
+    def _attrs(self) -> dict[str, Any] | None:
+        try:
+            container = self.client.containers.get(self.id)
+        except NotFound:
+            return None
+        attrs: dict[str, Any] = container.attrs
+        return attrs
+
+    def exists(self) -> bool:
+        """Whether the container still exists (running or not)."""
+        return self._attrs() is not None
+
+    def status(self) -> str:
+        """``running``, ``exited``, … or ``gone`` when it was removed."""
+        attrs = self._attrs()
+        return "gone" if attrs is None else _state(attrs)[0]
+
+    def alive(self) -> bool:
+        """Whether it is running."""
+        return self.status() in ("running", "created", "configured", "initialized")
+
+    def exit_code(self) -> int | None:
+        """Exit status once stopped."""
+        attrs = self._attrs()
+        if attrs is None:
+            return None
+        status, code, _ = _state(attrs)
+        return None if status == "running" else code
+
+    def log_tail(self, lines: int) -> list[str]:
+        """The last lines of the container's output."""
+        try:
+            container = self.client.containers.get(self.id)
+            chunks = container.logs(stdout=True, stderr=True, tail=lines)
+            data = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
+        except (NotFound, APIError):
+            return []
+        return data.decode(errors="replace").splitlines()[-lines:]
+
+    def follow(self) -> Iterator[bytes]:
+        """Stream output until the container stops."""
+        container = self.client.containers.get(self.id)
+        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
+            yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
+
+    def describe(self) -> str:
+        """``container NAME (ID12)``."""
+        return f"container {self.name} ({self.id[:12]})"
+
+    def pids(self) -> list[int]:
+        """Host pids of the container's processes."""
+        import psutil
+
+        attrs = self._attrs()
+        pid = _state(attrs)[2] if attrs else None
+        if not pid:
+            return []
+        try:
+            root = psutil.Process(int(pid))
+            return [root.pid] + [c.pid for c in root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def save_logs(self, path: Path) -> None:
+        """Copy the container's whole output to ``path`` (before removal)."""
+        try:
+            container = self.client.containers.get(self.id)
+            chunks = container.logs(stdout=True, stderr=True)
+            data = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
+        except (NotFound, APIError):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def stop(self, grace_s: float) -> None:
+        """``stop`` with timeout ``grace_s`` (SIGTERM, then SIGKILL), then remove; idempotent."""
+        try:
+            container = self.client.containers.get(self.id)
+        except NotFound:
+            return
+        try:
+            if _state(container.attrs)[0] == "running":
+                container.stop(timeout=max(int(grace_s), 1))
+            container.remove(force=True)
+        except NotFound:
+            return
+        except APIError as exc:
+            raise LaunchError(f"{self.describe()}: could not stop: {exc}") from None
+
+
+def find(client: PodmanClient, profile: str) -> list[ContainerHandle]:
+    """Containers labelled ``orch.profile=PROFILE`` (any state)."""
+    out = []
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={profile}"}):
+        names = container.attrs.get("Names") or [container.name]
+        out.append(ContainerHandle(client, container.id, str(names[0]).lstrip("/")))
+    return out
+
+
+def image_exists(podman_binary: str, image: str) -> bool:
+    """``podman image exists IMAGE``."""
+    try:
+        done = subprocess.run(
+            [podman_binary, "image", "exists", image],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PreflightError(f"cannot run {podman_binary}: {exc}") from None
+    return done.returncode == 0
+
+
+def launch(
+    client: PodmanClient,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    name: str,
+    log_path: Path,
+) -> ContainerHandle:
+    """Run the plan's ``podman run -d …`` as is and attach to the container it made.
+
+    A leftover container of the same name (stopped, from an earlier run) is removed first.
+
+    Raises:
+        LaunchError: If ``podman run`` fails (its stderr is the message).
+    """
+    with contextlib.suppress(NotFound):
+        old = client.containers.get(name)
+        old.remove(force=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=dict(env),
+        timeout=300,
+        check=False,
+    )
+    err = done.stderr.decode(errors="replace").strip()
+    log_path.write_text(err + "\n" if err else "")
+    if done.returncode != 0:
+        raise LaunchError(f"podman run failed (exit {done.returncode}):\n  {err[-2000:]}")
+    container_id = done.stdout.decode().strip().splitlines()[-1]
+    return ContainerHandle(client, container_id, name)

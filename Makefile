@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model demo check lint types test fmt golden bench-plan bench-memory clean
+.PHONY: setup system venv llama-server image demo-model demo down check lint types test fmt golden bench-plan bench-memory clean
 
 setup: system venv llama-server demo-model image
 
@@ -33,7 +33,11 @@ demo-model: venv
 demo: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) validate
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) plan --dry-run
-	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) plan demo
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) up demo
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) status demo
+
+down:
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) down demo
 
 check: setup lint types test
 

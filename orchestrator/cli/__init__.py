@@ -23,6 +23,7 @@ examples:
   orch plan qwen35-397b-iq4            plan one profile, checking this machine's free memory
   orch plan --dry-run --json demo      the same plan as JSON, for scripts
   orch estimate model.gguf -- -c 32768 -ngl 99 --cpu-moe
+  orch up demo && orch status demo && orch down demo
 
 environment:
   ORCH_PROFILES_DIR, ORCH_TEMPLATES_DIR, ORCH_STATE_DIR, ORCH_PODMAN_BINARY,

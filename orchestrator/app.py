@@ -71,7 +71,10 @@ class App:
         files = split_paths(first)
         if missing_files(files):
             return None
-        return read_gguf(first)
+        try:
+            return read_gguf(first)
+        except (ValueError, OSError) as exc:
+            raise PreflightError(f"{first}: not a readable GGUF file ({exc})") from None
 
 
 def model_path(resolved: ResolvedProfile) -> Path:

@@ -128,3 +128,24 @@ def test_estimate_cli_on_a_real_gguf(tmp_path: Path, capsys: pytest.CaptureFixtu
     for dev in devices.values():
         assert dev["total"] == dev["weights"] + dev["kv"] + dev["compute"] + dev["overhead"]
     assert devices["CUDA0"]["overhead"] == 590 * MIB
+
+
+def test_corrupt_gguf_in_live_plan_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from orchestrator.cli import main
+
+    root = tmp_path / "p"
+    shutil.copytree(PROFILES, root)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 10)
+    text = (root / "models" / "demo.toml").read_text()
+    (root / "models" / "demo.toml").write_text(
+        text.replace("~/.cache/orch/models/tiny-dense.gguf", str(bad))
+    )
+    monkeypatch.setenv("ORCH_PROFILES_DIR", str(root))
+    assert main(["plan", "demo"]) == 4
+    err = capsys.readouterr().err
+    assert "not a readable GGUF file" in err and "Traceback" not in err

@@ -52,7 +52,10 @@ class App:
 
     def plan(self, name: str, *, read_header: bool, hardware: str | None = None) -> Plan:
         """Resolve and plan one profile; read its GGUF header when asked and present."""
-        resolved = self.resolve(name, hardware)
+        return self.plan_for(self.resolve(name, hardware), read_header=read_header)
+
+    def plan_for(self, resolved: ResolvedProfile, *, read_header: bool) -> Plan:
+        """Plan an already resolved profile (so callers that need both load it once)."""
         header = self.header(resolved) if read_header else None
         return build_plan(
             resolved,
@@ -74,7 +77,9 @@ class App:
         try:
             return read_gguf(first)
         except (ValueError, OSError) as exc:
-            raise PreflightError(f"{first}: not a readable GGUF file ({exc})") from None
+            raise PreflightError(
+                f"{first} is not a readable GGUF file ({exc}); re-download it or fix model.path"
+            ) from None
 
 
 def model_path(resolved: ResolvedProfile) -> Path:

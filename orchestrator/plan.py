@@ -32,7 +32,7 @@ from orchestrator.profiles.schema import (
     PodmanRuntime,
     VllmEngine,
 )
-from orchestrator.render import display, render_argv
+from orchestrator.render import display, redact, render_argv
 
 CONTAINER_MODELS = "/models"
 CONTAINER_SECRET = "/run/secrets/orch-api-key"
@@ -101,7 +101,7 @@ class Plan:
             "hardware": self.hardware_name,
             "engine": self.profile.engine.kind,
             "runtime": self.profile.runtime.kind,
-            "argv": display_argv(self.argv),
+            "argv": redact(list(self.argv)),
             "env": self.env,
             "secret_env": list(self.secret_env),
             "endpoint": self.endpoint,
@@ -118,13 +118,6 @@ class Plan:
             "warnings": list(self.warnings),
             "suggestions": list(self.suggestions),
         }
-
-
-def display_argv(argv: Sequence[str]) -> list[str]:
-    """The argv with secrets redacted."""
-    from orchestrator.render import redact
-
-    return redact(list(argv))
 
 
 # ---------------------------------------------------------------- memory

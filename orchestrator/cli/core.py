@@ -167,10 +167,11 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     results: list[dict[str, Any]] = []
     worst = 0
     for name in names:
-        plan = app.plan(name, read_header=not args.dry_run, hardware=args.hardware)
+        resolved = app.resolve(name, args.hardware)
+        plan = app.plan_for(resolved, read_header=not args.dry_run)
         problems: list[str] = []
         if host is not None:
-            problems = live_problems(plan, app.resolve(name, args.hardware), host)
+            problems = live_problems(plan, resolved, host)
         if not plan.fits:
             worst = max(worst, BudgetError.exit_code)
         if problems:
@@ -185,8 +186,7 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     if args.json:
         console.print_json(json.dumps(results if len(results) != 1 else results[0]))
     if worst == BudgetError.exit_code and len(names) == 1:
-        # one profile: say why on stderr too, with the suggestions
-        require_fit(app.plan(names[0], read_header=not args.dry_run, hardware=args.hardware))
+        require_fit(plan)  # one profile: say why on stderr too, with the suggestions
     return worst
 
 

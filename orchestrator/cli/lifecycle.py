@@ -187,13 +187,7 @@ def cmd_up(args: argparse.Namespace, app: App, console: Console) -> int:
     name: str = args.name
     store = _store(app)
     resolved = app.resolve(name)
-    try:
-        plan = app.plan(name, read_header=True)
-    except (ValueError, OSError) as exc:
-        raise PreflightError(
-            f"{name}: {resolved.profile.model.path} is not a readable GGUF file ({exc}); "
-            "re-download it or fix model.path"
-        ) from None
+    plan = app.plan_for(resolved, read_header=True)
     require_fit(plan)
     timeout = args.timeout or plan.load_timeout_s
     notifier = Notifier.from_env()

@@ -65,6 +65,7 @@ LLAMA_ALIASES: dict[str, tuple[str, ...]] = {
     "--kv-unified": ("-kvu",),
     "--cache-ram": ("-cram",),
     "--load-mode": ("-lm",),
+    "--no-repack": ("-nr",),
     "--temp": ("--temperature",),
     "--seed": ("-s",),
     "--alias": ("-a",),

@@ -5,7 +5,8 @@ The files written here load in a real llama-server and answer both
 memory footprint and the speed are those of a real model of the same shape).
 They serve the test suite (tiny models that load in well under a second on a
 CPU) and the memory-model calibration (the two shapes measured on an H100, see
-``calibration/h100-llama-server/README.md``).
+``calibration/h100-llama-server/README.md``, and the three of the CPU matrix, see
+``benchmarks/measure_cpu.py``).
 
 Writing is fast even for multi-GB files: one random array is drawn per
 distinct tensor shape and reused for every tensor of that shape.
@@ -35,7 +36,7 @@ import numpy.typing as npt
 Arch = Literal["llama", "qwen3moe"]
 """Architectures the generator can write: a dense llama or a Qwen3 MoE."""
 
-WeightType = Literal["f16", "f32", "q8_0"]
+WeightType = Literal["f16", "f32", "q8_0", "q4_0"]
 """Storage type of the 2-D (and 3-D expert) weight matrices."""
 
 CHATML_TEMPLATE = (
@@ -61,12 +62,18 @@ _TOKEN_TYPE_CONTROL = 3
 _TOKEN_TYPE_BYTE = 6
 _MIN_VOCAB_SIZE = len(_SPECIAL_TOKENS) + _N_BYTE_TOKENS + len(_CHAT_TOKENS)
 _Q8_0_BLOCK = 32
+_QUANTIZED = ("q8_0", "q4_0")
 _WEIGHT_STD = 0.02
 
-_FILE_TYPE: dict[str, int] = {"f32": 0, "f16": 1, "q8_0": 7}
+_FILE_TYPE: dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}
 """``general.file_type`` (llama.cpp's ``LLAMA_FTYPE_*``) per weight type."""
 
-_BYTES_PER_ELEMENT: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34.0 / 32.0}
+_BYTES_PER_ELEMENT: dict[str, float] = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "q8_0": 34.0 / 32.0,
+    "q4_0": 18.0 / 32.0,
+}
 
 
 @dataclass(frozen=True)
@@ -137,14 +144,16 @@ class SyntheticSpec:
                 raise ValueError("n_expert_used must be in 1..n_expert")
         elif self.n_expert or self.n_expert_used or self.n_ff_exp:
             raise ValueError("a dense spec must have n_expert = n_expert_used = n_ff_exp = 0")
-        if self.weight_type == "q8_0":
+        if self.weight_type in _QUANTIZED:
             rows = (
                 self.n_embd,
                 self.n_head * self.head_dim,
                 self.n_ff_exp if self.is_moe else self.n_ff,
             )
             if any(r % _Q8_0_BLOCK for r in rows):
-                raise ValueError(f"q8_0 needs row lengths that are multiples of {_Q8_0_BLOCK}")
+                raise ValueError(
+                    f"{self.weight_type} needs row lengths that are multiples of {_Q8_0_BLOCK}"
+                )
 
     @property
     def is_moe(self) -> bool:
@@ -159,7 +168,7 @@ class TensorSpec:
     Attributes:
         name: GGUF tensor name, e.g. ``blk.0.attn_q.weight``.
         shape: Shape in GGML order (``ne0`` first, as llama.cpp prints it).
-        ggml_type: ``"F32"``, ``"F16"`` or ``"Q8_0"``.
+        ggml_type: ``"F32"``, ``"F16"``, ``"Q8_0"`` or ``"Q4_0"``.
         nbytes: Size of the tensor data in bytes.
     """
 
@@ -288,11 +297,49 @@ CALIBRATION_DENSE = SyntheticSpec(
 )
 """The ``dense`` model of the H100 calibration runs (2.02 B params, ~3.77 GiB)."""
 
+CPU_BENCH_DENSE = SyntheticSpec(
+    name="synthetic-cpu-llama",
+    arch="llama",
+    n_embd=1024,
+    n_layer=12,
+    n_head=16,
+    n_head_kv=4,
+    head_dim=64,
+    n_ff=2816,
+    ctx_train=131072,
+)
+"""The ``dense`` model of the CPU matrix (``benchmarks/measure_cpu.py``): 138 M params, ~263 MiB."""
+
+CPU_BENCH_DENSE_Q4 = dataclasses.replace(
+    CPU_BENCH_DENSE, name="synthetic-cpu-llama-q4_0", weight_type="q4_0"
+)
+"""The same shape in Q4_0 (~74 MiB): the CPU backend repacks its matrices (AVX2 / NEON)."""
+
+CPU_BENCH_MOE = SyntheticSpec(
+    name="synthetic-cpu-qwen3moe",
+    arch="qwen3moe",
+    n_embd=1024,
+    n_layer=8,
+    n_head=16,
+    n_head_kv=4,
+    head_dim=64,
+    n_ff=2816,
+    n_expert=32,
+    n_expert_used=4,
+    n_ff_exp=512,
+    ctx_train=131072,
+    weight_type="q8_0",
+)
+"""The ``moe`` model of the CPU matrix: 32 experts, 4 used, Q8_0 (427 M params, ~433 MiB)."""
+
 SPECS: dict[str, SyntheticSpec] = {
     "tiny-dense": TINY_DENSE,
     "tiny-moe": TINY_MOE,
     "calibration-moe": CALIBRATION_MOE,
     "calibration-dense": CALIBRATION_DENSE,
+    "cpu-dense": CPU_BENCH_DENSE,
+    "cpu-dense-q4_0": CPU_BENCH_DENSE_Q4,
+    "cpu-moe": CPU_BENCH_MOE,
 }
 """Named specs, as accepted by the command line's ``--spec``."""
 
@@ -367,11 +414,11 @@ def _random_weights(
     Args:
         rng: Random generator.
         shape: Shape in numpy order (last axis is the row, GGML's ``ne0``).
-        weight_type: ``"F32"``, ``"F16"`` or ``"Q8_0"``.
+        weight_type: ``"F32"``, ``"F16"``, ``"Q8_0"`` or ``"Q4_0"``.
 
     Returns:
-        The array to hand to ``GGUFWriter.add_tensor``; for Q8_0 the
-        quantized bytes (uint8, last axis 34/32 of the row length).
+        The array to hand to ``GGUFWriter.add_tensor``; for Q8_0 and Q4_0 the
+        quantized bytes (uint8, last axis 34/32 or 18/32 of the row length).
     """
     import gguf  # local: keep ``import orchestrator.synthetic`` cheap
 
@@ -381,7 +428,8 @@ def _random_weights(
         return data
     if weight_type == "F16":
         return data.astype(np.float16)
-    quantized: npt.NDArray[np.generic] = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+    qtype = gguf.GGMLQuantizationType[weight_type]
+    quantized: npt.NDArray[np.generic] = gguf.quants.quantize(data, qtype)
     return quantized
 
 
@@ -456,7 +504,8 @@ def write_gguf(
                 cache[key] = np.ones(np_shape, dtype=np.float32)
             else:
                 cache[key] = _random_weights(rng, np_shape, t.ggml_type)
-        raw_dtype = gguf.GGMLQuantizationType.Q8_0 if t.ggml_type == "Q8_0" else None
+        quantized = t.ggml_type in ("Q8_0", "Q4_0")
+        raw_dtype = gguf.GGMLQuantizationType[t.ggml_type] if quantized else None
         writer.add_tensor(t.name, cache[key], raw_dtype=raw_dtype)
 
     try:
@@ -484,7 +533,7 @@ def _with_overrides(spec: SyntheticSpec, weight_type: str | None) -> SyntheticSp
     """
     if weight_type is None:
         return spec
-    types: dict[str, WeightType] = {"f16": "f16", "f32": "f32", "q8_0": "q8_0"}
+    types: dict[str, WeightType] = {"f16": "f16", "f32": "f32", "q8_0": "q8_0", "q4_0": "q4_0"}
     return dataclasses.replace(spec, weight_type=types[weight_type])
 
 

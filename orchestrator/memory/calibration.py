@@ -1,4 +1,18 @@
-"""Check the llama.cpp memory model against measured runs (the committed H100 table)."""
+"""Check the llama.cpp memory model against measured runs (the committed H100 and CPU tables).
+
+``compare_h100`` pairs every figure of ``benchmarks/data/h100-llama-server.csv`` with its
+prediction, ``compare_cpu`` every figure of ``benchmarks/data/cpu-llama-server.csv`` (written by
+``benchmarks/measure_cpu.py``). Both recreate the measured models' tensor tables from their
+synthetic specs, so neither needs the GGUF files nor llama-server.
+
+Host RSS after a request (the rule ``compare_cpu`` checks): every host weight buffer (mmapped
+pages too: the warmup runs every expert and a CPU completion reads every matrix), the whole KV
+cache (``llama_kv_cache`` clears its buffer at start), the process base and the output buffer.
+The compute buffer and the CPU work buffer are reserved for the worst-case ubatch but resident
+only as far as a graph has used them: a short prompt touches a few MiB, so for such a run the
+rule leaves them out; a prompt that fills the context touches all of them, and the rule counts
+them. Plans always count them. The prompt cache (``--cache-ram``) is empty after one request.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +23,30 @@ from pathlib import Path
 
 from orchestrator.memory.breakdown import MIB
 from orchestrator.memory.gguf_arch import parse_llama_args
-from orchestrator.memory.llama import estimate_llama
+from orchestrator.memory.llama import REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.schema import Architecture, Moe
-from orchestrator.synthetic import CALIBRATION_DENSE, CALIBRATION_MOE, SyntheticSpec, tensor_specs
+from orchestrator.synthetic import (
+    CALIBRATION_DENSE,
+    CALIBRATION_MOE,
+    CPU_BENCH_DENSE,
+    CPU_BENCH_DENSE_Q4,
+    CPU_BENCH_MOE,
+    SyntheticSpec,
+    tensor_specs,
+)
 
 H100_VRAM_MIB = 81079
+CPU_MODELS: dict[str, SyntheticSpec] = {
+    "dense": CPU_BENCH_DENSE,
+    "dense-q4_0": CPU_BENCH_DENSE_Q4,
+    "moe": CPU_BENCH_MOE,
+}
+"""The ``model`` column of the CPU table."""
 TOLERANCE_FRACTION = 0.02
 TOLERANCE_MIB = 128
+KV_FILL_SLACK = 256
+"""A prompt within this many tokens of a stream's cells counts as filling the context."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +96,16 @@ def synthetic_tensors(spec: SyntheticSpec) -> list[Tensor]:
     ]
 
 
+def read_table(table: Path) -> list[dict[str, str]]:
+    """The rows of a committed table (``#`` lines are its header comment)."""
+    lines = [ln for ln in table.read_text().splitlines() if ln and not ln.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
 def compare_h100(table: Path) -> list[Comparison]:
     """Predict each committed H100 run and pair every figure with its measurement."""
     out: list[Comparison] = []
-    lines = [ln for ln in table.read_text().splitlines() if ln and not ln.startswith("#")]
-    for row in csv.DictReader(lines):
+    for row in read_table(table):
         spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
         arch = synthetic_architecture(spec)
         args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
@@ -98,4 +133,52 @@ def compare_h100(table: Path) -> list[Comparison]:
         ]
         for quantity, predicted, measured in pairs:
             out.append(Comparison(name, quantity, predicted / MIB, float(measured)))
+    return out
+
+
+def compare_cpu(table: Path) -> list[Comparison]:
+    """Predict each committed CPU-only run and pair every figure with its measurement.
+
+    Figures: host weights (every model buffer, ``CPU_REPACK`` included), KV, compute (the
+    buffer llama.cpp logs), RSS after the request (the rule in this module's docstring), the
+    RSS beyond the weight and KV buffers (process base, output buffer and, for a prompt that
+    fills the context, compute and work buffers), and for ``mlock`` runs the locked bytes.
+    """
+    out: list[Comparison] = []
+    for row in read_table(table):
+        spec = CPU_MODELS[row["model"]]
+        arch = synthetic_architecture(spec)
+        cfg = parse_llama_args(
+            shlex.split(row["args"]),
+            gpus=(),
+            gpu_vram_mib=(),
+            cuda_context_mib=0,
+            moe_layers=list(range(arch.n_layer)) if arch.moe else [],
+            repack_types=REPACK_AVX2,  # measured on x86-64 with AVX2
+        )
+        est = estimate_llama(arch, synthetic_tensors(spec), cfg)
+        cpu = est.devices["CPU"]
+        resident_overhead = cpu.overhead - int(est.facts["prompt_cache"])
+        work = int(est.facts.get("cpu_work_buffer", 0))
+        filled = int(row["prompt_tokens"]) + KV_FILL_SLACK >= int(row["n_ctx_seq"])
+        if filled:
+            resident_overhead += cpu.compute
+        else:
+            resident_overhead -= work
+        m = {k: float(row[k]) for k in ("cpu_weights", "cpu_kv", "cpu_compute", "rss_mib")}
+        pairs: list[tuple[str, int, float]] = [
+            ("host weights", cpu.weights, m["cpu_weights"]),
+            ("host kv", cpu.kv, m["cpu_kv"]),
+            ("host compute", cpu.compute, m["cpu_compute"]),
+            ("host rss", cpu.weights + cpu.kv + resident_overhead, m["rss_mib"]),
+            (
+                "host rss - weights - kv",
+                resident_overhead,
+                m["rss_mib"] - m["cpu_weights"] - m["cpu_kv"],
+            ),
+        ]
+        if "mlock" in row["args"]:
+            pairs.append(("host locked", cpu.weights, float(row["locked_mib"])))
+        for quantity, predicted, measured in pairs:
+            out.append(Comparison(row["name"], quantity, predicted / MIB, measured))
     return out

@@ -111,6 +111,10 @@ _BOOL_FLAGS = {
     "--mmap",
     "--no-kv-offload",
     "-nkvo",
+    "--repack",
+    "--no-repack",
+    "-nr",
+    "--no-host",
 }
 
 
@@ -121,8 +125,13 @@ def parse_llama_args(
     gpu_vram_mib: tuple[int, ...],
     cuda_context_mib: int,
     moe_layers: list[int],
+    repack_types: tuple[str, ...] = (),
 ) -> LlamaConfig:
-    """Interpret the memory-relevant flags of a llama-server command line."""
+    """Interpret the memory-relevant flags of a llama-server command line.
+
+    ``repack_types``: the weight types this host's CPU backend repacks (``REPACK_AVX2`` on
+    x86-64); ``--no-repack`` turns repacking off.
+    """
     known = known_flags("llama.cpp")
     values: dict[str, str] = {}
     flags: set[str] = set()
@@ -171,9 +180,14 @@ def parse_llama_args(
             raise ArgsError(f"{flag}: {values[flag]!r} is not one of {', '.join(KV_CACHE_TYPES)}")
     ngl_raw = values.get("--n-gpu-layers", "-1")
     ngl = -1 if ngl_raw in ("all", "auto", "-1") else int(ngl_raw)
-    load_mode = {"none": "no-mmap", "mlock": "mlock", "mmap+mlock": "mlock"}.get(
-        values.get("--load-mode", ""), "mmap"
-    )
+    # --load-mode mlock reads into locked host buffers without mmap (llama_model_loader's
+    # use_mmap is true only for auto, mmap and mmap+mlock); orch's "mlock" is mmap+mlock.
+    load_mode = {
+        "none": "no-mmap",
+        "dio": "no-mmap",
+        "mlock": "no-mmap",
+        "mmap+mlock": "mlock",
+    }.get(values.get("--load-mode", ""), "mmap")
     if "--no-mmap" in flags:
         load_mode = "no-mmap"
     if "--mlock" in flags:
@@ -183,6 +197,14 @@ def parse_llama_args(
         if ("--tensor-split" in values)
         else ()
     )
+    # -np auto (the default) means 4 slots sharing one unified KV stream; -np N, one stream each.
+    parallel_raw = values.get("--parallel", "-1")
+    auto_parallel = parallel_raw in ("-1", "auto")
+    kv_unified = auto_parallel or "--kv-unified" in flags
+    if "--no-kv-unified" in flags:
+        kv_unified = False
+    if "--no-repack" in flags or "-nr" in flags:
+        repack_types = ()
     return LlamaConfig(
         ctx=number("--ctx-size", 0),
         ubatch=number("--ubatch-size", 512),
@@ -193,11 +215,13 @@ def parse_llama_args(
         cache_type_v=values.get("--cache-type-v", "f16"),
         flash_attn=values.get("--flash-attn", "auto") != "off",
         load_mode=load_mode,
-        parallel=max(number("--parallel", 4), 1),
+        parallel=4 if auto_parallel else max(number("--parallel", 4), 1),
         tensor_split=split,
         cache_ram_mib=number("--cache-ram", 8192),
         gpus=gpus,
         gpu_vram_mib=gpu_vram_mib,
         cuda_context_mib=cuda_context_mib,
         split_mode=values.get("--split-mode", "layer"),
+        kv_unified=kv_unified,
+        repack_types=repack_types,
     )

@@ -4,10 +4,14 @@ Placement follows llama.cpp's loader: ``-ngl N`` puts the last ``N`` of the ``n_
 layers on the GPUs (the output layer counts as one), split across GPUs by cumulative
 fractions; token embeddings stay on the host; ``-ot`` / ``--cpu-moe`` / ``--n-cpu-moe`` rules
 apply in command-line order and the first regex that matches (search semantics) wins.
+
+Checked against real runs: ``benchmarks/data/h100-llama-server.csv`` (GPU) and
+``benchmarks/data/cpu-llama-server.csv`` (CPU only), see ``orchestrator.memory.calibration``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +28,11 @@ OP_OFFLOAD_MIN_BATCH = 32
 F32 = 4
 F16 = 2
 CPU_ONLY_BASE_MIB = 24
+REPACK_AVX2 = ("q4_0", "q4_k", "iq4_nl", "mxfp4")
+"""Weight types ggml's CPU backend repacks on x86-64 with AVX2 (``ggml-cpu/repack.cpp``,
+``ggml_repack_get_optimal_repack_type``): matrices with a multiple of 8 rows move from the
+mmapped file into a ``CPU_REPACK`` buffer of the same size."""
+REPACK_ROWS = 8
 
 
 def n_cpu_moe_rules(
@@ -59,6 +68,13 @@ class LlamaConfig:
     host_base_mib: int = 340
     split_mode: str = "layer"
     ngl_counts_output: bool = True
+    kv_unified: bool = True
+    """One KV stream for all slots (llama-server's default when ``-np`` is not given). False
+    (``-np N`` without ``-kvu``): one stream per slot of ``ctx / N`` cells, padded to 256 each;
+    the worst-case graph then attends over one stream's cells, not the whole context."""
+    repack_types: tuple[str, ...] = ()
+    """Weight types the CPU backend repacks (``REPACK_AVX2`` on x86-64). Only a CPU-only process
+    repacks: with a GPU, its pinned host buffer takes the host weights. Empty: ``--no-repack``."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +123,24 @@ def _layer_devices(n_layer: int, cfg: LlamaConfig) -> tuple[dict[int, str], str]
     return devices, output
 
 
+@functools.lru_cache(maxsize=8192)
+def _matching(pattern: str, names: tuple[str, ...]) -> frozenset[str]:
+    """Names the regex finds a match in (cached: placement searches reuse rules)."""
+    rx = re.compile(pattern)
+    return frozenset(name for name in names if rx.search(name))
+
+
 def place(tensors: Sequence[Tensor], n_layer: int, cfg: LlamaConfig) -> Placement:
     """Assign every tensor to a device, as llama.cpp's loader would."""
     layer_device, output_device = _layer_devices(n_layer, cfg)
-    compiled = [(re.compile(p), d) for p, d in cfg.overrides]
+    names = tuple(t.name for t in tensors)
+    overridden: dict[str, str] = {}
+    for pattern, rule_device in cfg.overrides:
+        for name in _matching(pattern, names):
+            overridden.setdefault(name, rule_device)  # the first matching rule wins
     tensor_device: dict[str, str] = {}
     for tensor in tensors:
-        device = next((d for rx, d in compiled if rx.search(tensor.name)), None)
+        device = overridden.get(tensor.name)
         if device is None:
             if tensor.name.startswith("token_embd"):
                 device = CPU
@@ -125,21 +152,53 @@ def place(tensors: Sequence[Tensor], n_layer: int, cfg: LlamaConfig) -> Placemen
     return Placement(tensor_device, layer_device, output_device)
 
 
+def repacks(tensor: Tensor, cfg: LlamaConfig) -> bool:
+    """Whether a host weight moves into the CPU backend's ``CPU_REPACK`` buffer.
+
+    Only a CPU-only process repacks (with a GPU, its pinned host buffer type comes first in
+    ``make_cpu_buft_list``), only matrices of a repackable type with a multiple of 8 rows, and
+    only those a matrix multiplication reads: not ``token_embd`` (read by ``get_rows``).
+    """
+    return (
+        not cfg.gpus
+        and tensor.type_name.lower() in cfg.repack_types
+        and len(tensor.shape) in (2, 3)
+        and tensor.shape[1] % REPACK_ROWS == 0
+        and not tensor.name.startswith("token_embd")
+    )
+
+
 def _pad(value: int, to: int) -> int:
     return -(-value // to) * to
 
 
-def kv_cells(arch: Architecture, cfg: LlamaConfig, layer: int) -> int:
-    """Cells a layer's KV cache holds: the whole context, or a sliding window."""
+def kv_streams(cfg: LlamaConfig) -> int:
+    """KV streams: 1 when unified, else one per slot (``llama_kv_cache``'s ``n_stream``)."""
+    return 1 if cfg.kv_unified else max(cfg.parallel, 1)
+
+
+def ctx_per_stream(arch: Architecture, cfg: LlamaConfig) -> int:
+    """Cells of one KV stream (llama_context's ``n_ctx_seq``).
+
+    The context is padded to 256 cells, split over the streams, and each share padded again.
+    """
     ctx = _pad(cfg.ctx or arch.ctx_train, KV_CELL_PAD)
+    return _pad(ctx // kv_streams(cfg), KV_CELL_PAD)
+
+
+def kv_cells(arch: Architecture, cfg: LlamaConfig, layer: int) -> int:
+    """Cells a layer's KV cache holds over all streams: the context, or a sliding window."""
+    per_stream = ctx_per_stream(arch, cfg)
     windowed = (
         arch.sliding_window
         and arch.sliding_window_pattern
         and (layer + 1) % arch.sliding_window_pattern != 0
     )
     if windowed:
-        return min(ctx, _pad(arch.sliding_window * cfg.parallel + cfg.ubatch, KV_CELL_PAD))
-    return ctx
+        seqs = max(cfg.parallel, 1) if cfg.kv_unified else 1
+        window = _pad(arch.sliding_window * seqs + cfg.ubatch, KV_CELL_PAD)
+        per_stream = min(per_stream, window)
+    return per_stream * kv_streams(cfg)
 
 
 def kv_bytes_per_layer(arch: Architecture, cfg: LlamaConfig, layer: int) -> int:
@@ -163,15 +222,21 @@ def recurrent_bytes_per_layer(arch: Architecture, cfg: LlamaConfig) -> int:
 
 
 def _compute_bytes(arch: Architecture, cfg: LlamaConfig, on_gpu_output: bool) -> int:
-    """Peak of one backend's graph for a full ubatch: inputs + residuals + the largest phase."""
+    """Peak of one backend's graph for a full ubatch: inputs + residuals + the largest phase.
+
+    The worst-case graph (``llama_context::sched_reserve``) attends over one KV stream's cells.
+    The mask is F16 with flash attention, F32 without (``build_attn_inp_kq_mask``); without
+    flash attention the KQ scores are one F32 tensor of ``n_head x n_ub x n_kv``: ggml-alloc
+    runs the softmax in place.
+    """
     n_ub = cfg.ubatch
-    n_kv = _pad(cfg.ctx or arch.ctx_train, KV_CELL_PAD)
-    mask = n_kv * n_ub * F16
+    n_kv = ctx_per_stream(arch, cfg)
+    mask = n_kv * n_ub * (F16 if cfg.flash_attn else F32)
     residual = 4 * n_ub * arch.n_embd * F32
     if cfg.flash_attn:
         attention = 0
     else:
-        attention = 2 * arch.n_head * n_ub * n_kv * F32
+        attention = arch.n_head * n_ub * n_kv * F32
     if arch.moe is not None:
         moe = arch.moe
         ffn = 3 * n_ub * moe.n_expert_used * moe.n_ff_exp * F32
@@ -187,6 +252,19 @@ def _compute_bytes(arch: Architecture, cfg: LlamaConfig, on_gpu_output: bool) ->
     return mask + residual + max(attention, ffn, logits)
 
 
+def cpu_work_bytes(arch: Architecture, cfg: LlamaConfig) -> int:
+    """The CPU backend's work buffer at its peak, beside the compute buffer llama.cpp logs.
+
+    ``ggml_graph_plan`` sizes it for the node whose second operand must be converted to the
+    first's dot type; ``ggml_backend_cpu_graph_compute`` keeps the largest one allocated.
+    Without flash attention that is ``kqv = V x softmax(KQ)``: the F32 scores become F16
+    (``n_head x n_ub x n_kv`` x 2 bytes). Everything else converts one activation row set.
+    """
+    if cfg.flash_attn or cfg.cache_type_v.lower() == "f32":
+        return 0
+    return arch.n_head * cfg.ubatch * ctx_per_stream(arch, cfg) * F16
+
+
 def estimate_llama(
     arch: Architecture, tensors: Sequence[Tensor], cfg: LlamaConfig
 ) -> MemoryEstimate:
@@ -196,12 +274,21 @@ def estimate_llama(
     for tensor in tensors:
         device = placement.tensor_device[tensor.name]
         weights[device] = weights.get(device, 0) + tensor.nbytes
-    cpu_indices = [i for i, t in enumerate(tensors) if placement.tensor_device[t.name] == CPU]
-    if cfg.load_mode != "no-mmap" and cfg.gpus and cpu_indices:
-        # mmap: the host buffer is the file range from the first to the last host tensor,
-        # GPU tensors in between included (their pages were read to upload them).
-        span = tensors[cpu_indices[0] : cpu_indices[-1] + 1]
+    repacked = {
+        t.name for t in tensors if placement.tensor_device[t.name] == CPU and repacks(t, cfg)
+    }
+    mapped = [
+        i
+        for i, t in enumerate(tensors)
+        if placement.tensor_device[t.name] == CPU and t.name not in repacked
+    ]
+    if cfg.load_mode != "no-mmap" and mapped and (cfg.gpus or repacked):
+        # mmap: the host buffer is the file range from the first to the last mapped host tensor
+        # (llama_model_loader unmaps only what lies outside it), tensors in between included:
+        # GPU tensors and repacked ones, whose pages were read to upload or repack them.
+        span = tensors[mapped[0] : mapped[-1] + 1]
         weights[CPU] = sum(t.nbytes for t in span)
+        weights[CPU] += sum(t.nbytes for t in tensors if t.name in repacked)
     kv: dict[str, int] = {}
     for layer in range(arch.n_layer):
         device = placement.layer_device[layer]
@@ -220,7 +307,7 @@ def estimate_llama(
     compute: dict[str, int] = {}
     notes: list[str] = []
     n_ub = cfg.ubatch
-    n_kv = _pad(cfg.ctx or arch.ctx_train, KV_CELL_PAD)
+    n_kv = ctx_per_stream(arch, cfg)
     cpu_weight_tensors = [t for t in tensors if placement.tensor_device[t.name] == CPU]
     op_offload = [
         t.nbytes
@@ -234,9 +321,10 @@ def estimate_llama(
             size += max(op_offload)
         compute[gpu] = size
     if used_gpus:
-        compute[CPU] = 4 * n_ub * arch.n_embd * F32 + n_kv * n_ub * F16
+        compute[CPU] = 4 * n_ub * arch.n_embd * F32 + n_kv * n_ub * (F16 if cfg.flash_attn else F32)
     else:
         compute[CPU] = _compute_bytes(arch, cfg, True)
+    work = cpu_work_bytes(arch, cfg) if kv.get(CPU, 0) else 0
 
     devices: dict[str, DeviceMemory] = {}
     for gpu in used_gpus:
@@ -255,17 +343,24 @@ def estimate_llama(
         weights=weights.get(CPU, 0),
         kv=kv.get(CPU, 0),
         compute=compute.get(CPU, 0),
-        overhead=base * MIB + prompt_cache + output_buffer,
+        overhead=base * MIB + prompt_cache + output_buffer + work,
     )
     if cfg.load_mode == "mmap" and weights.get(CPU, 0):
         notes.append("host weights are mmapped: page cache, resident once touched")
+    if repacked:
+        notes.append(
+            f"{len(repacked)} host matrices are repacked into a CPU_REPACK buffer"
+            + (" (their mmapped pages stay mapped too)" if cfg.load_mode != "no-mmap" else "")
+        )
     if prompt_cache:
         notes.append(f"host overhead includes the prompt cache limit ({cfg.cache_ram_mib} MiB)")
     gpu_layer_count = sum(1 for d in placement.layer_device.values() if d != CPU)
     facts: dict[str, int | float | str] = {
         "layers_on_gpu": gpu_layer_count,
         "output_device": placement.output_device,
-        "kv_cells": n_kv,
+        "kv_cells": n_kv * kv_streams(cfg),
         "prompt_cache": prompt_cache,
     }
+    if work:
+        facts["cpu_work_buffer"] = work
     return MemoryEstimate(devices, tuple(notes), facts)

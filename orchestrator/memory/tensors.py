@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,13 +23,13 @@ class Tensor:
     type_name: str
     nbytes: int
 
-    @property
+    @functools.cached_property
     def layer(self) -> int | None:
         """The block index, or None for token_embd / output / output_norm."""
         match = _BLOCK.match(self.name)
         return int(match.group(1)) if match else None
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         """The tensor's role, used by quant recipes: ``attn_q``, ``ffn_exps``, ``norm``..."""
         return tensor_kind(self.name)

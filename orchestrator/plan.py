@@ -6,57 +6,47 @@ import hashlib
 import json
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import jinja2
 
-from orchestrator.engines import EngineCaps, engine_caps, known_flags
+from orchestrator.autoplace import AutoPlacement, Candidate
+from orchestrator.autoplace import choose as choose_placement
+from orchestrator.engines import engine_caps, known_flags
 from orchestrator.errors import BudgetError, ProfileError
-from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
-from orchestrator.memory.llama import (
-    CPU,
-    EXPERT_REGEX,
-    LlamaConfig,
-    estimate_llama,
-    n_cpu_moe_rules,
-)
-from orchestrator.memory.tensors import RECIPES, GgufHeader, Tensor, tensors_from_architecture
-from orchestrator.memory.vllm import VllmConfig, estimate_vllm
+from orchestrator.memory.breakdown import GIB, MemoryEstimate
+from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import (
-    HardwareProfile,
-    LlamaEngine,
-    ModelProfile,
-    PodmanRuntime,
-    VllmEngine,
-)
+from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
 from orchestrator.render import display, redact, render_argv
+from orchestrator.sizing import (
+    DeviceBudget,
+    budgets,
+    estimate,
+    gpus_for,
+    llama_config,
+    model_tensors,
+    with_engine,
+)
+
+__all__ = [
+    "DeviceBudget",
+    "Plan",
+    "budgets",
+    "build_plan",
+    "estimate",
+    "gpus_for",
+    "llama_config",
+    "model_tensors",
+    "require_fit",
+]
 
 CONTAINER_MODELS = "/models"
 CONTAINER_SECRET = "/run/secrets/orch-api-key"
 READ_BANDWIDTH_BYTES_S = 500 * 1000 * 1000
 """Conservative sequential read rate used to derive load timeouts (a SATA SSD)."""
-
-
-@dataclass(frozen=True)
-class DeviceBudget:
-    """Need against capacity on one device."""
-
-    device: str
-    need: int
-    capacity: int
-
-    @property
-    def fits(self) -> bool:
-        """Whether the need is within capacity."""
-        return self.need <= self.capacity
-
-    @property
-    def over_by(self) -> int:
-        """Bytes over capacity (0 if it fits)."""
-        return max(self.need - self.capacity, 0)
 
 
 @dataclass(frozen=True)
@@ -83,6 +73,8 @@ class Plan:
     plan_hash: str
     warnings: tuple[str, ...]
     suggestions: tuple[str, ...]
+    placement: AutoPlacement | None = None
+    """What ``placement = "auto"`` considered and chose (None for manual placement)."""
 
     @property
     def fits(self) -> bool:
@@ -117,130 +109,16 @@ class Plan:
             "plan_hash": self.plan_hash,
             "warnings": list(self.warnings),
             "suggestions": list(self.suggestions),
+            "placement": self.placement.to_json() if self.placement else None,
         }
 
 
-# ---------------------------------------------------------------- memory
-
-
-def model_tensors(resolved: ResolvedProfile, header: GgufHeader | None) -> tuple[list[Tensor], str]:
-    """The tensor table: the GGUF header's when the file is read, else built from facts."""
-    if header is not None:
-        return list(header.tensors), f"GGUF header ({len(header.files)} file(s))"
-    quant = resolved.profile.model.quant.upper()
-    if quant not in RECIPES:
-        raise ProfileError(
-            resolved.source,
-            [f"model.quant: {resolved.profile.model.quant!r} is not one of {', '.join(RECIPES)}"],
-        )
-    tensors = tensors_from_architecture(
-        resolved.architecture, quant, resolved.profile.model.tensor_types
-    )
-    return tensors, f"architecture facts + {quant} recipe (file not read)"
-
-
-def gpus_for(profile: ModelProfile, hardware: HardwareProfile) -> list[tuple[str, int]]:
-    """``(name, vram_mib)`` of the GPUs this profile may use."""
-    allowed = profile.gpus
-    runtime = profile.runtime
-    if isinstance(runtime, PodmanRuntime) and not any(
-        "gpu" in d or "nvidia" in d for d in runtime.devices
-    ):
-        return []  # a container without a GPU device sees no GPU
-    return [
-        (f"CUDA{g.index}", g.vram_mib)
-        for g in sorted(hardware.gpus, key=lambda g: g.index)
-        if allowed is None or g.index in allowed
-    ]
-
-
-def llama_config(
-    engine: LlamaEngine,
-    caps: EngineCaps,
-    hardware: HardwareProfile,
-    gpus: list[tuple[str, int]],
-    moe_layers: list[int],
-) -> LlamaConfig:
-    """The memory model's view of a llama-server profile."""
-    overrides: list[tuple[str, str]] = [(r.pattern, r.device) for r in engine.override_tensors]
-    if engine.cpu_moe:
-        overrides.append((EXPERT_REGEX, CPU))
-    if engine.n_cpu_moe:
-        overrides.extend(n_cpu_moe_rules(engine.n_cpu_moe, moe_layers, caps.n_cpu_moe_from_end))
-    flash = engine.flash_attn != "off"
-    if not gpus and engine.flash_attn is None:
-        flash = True
-    return LlamaConfig(
-        ctx=engine.ctx,
-        ubatch=engine.ubatch,
-        batch=engine.batch,
-        gpu_layers=-1 if engine.gpu_layers is None else engine.gpu_layers,
-        overrides=tuple(overrides),
-        cache_type_k=engine.cache_type_k,
-        cache_type_v=engine.cache_type_v,
-        flash_attn=flash,
-        load_mode=engine.load_mode or "mmap",
-        parallel=engine.parallel or caps.default_parallel,
-        tensor_split=engine.tensor_split,
-        cache_ram_mib=(
-            engine.cache_ram_mib if engine.cache_ram_mib is not None else caps.default_cache_ram_mib
-        ),
-        gpus=tuple(name for name, _ in gpus),
-        gpu_vram_mib=tuple(v for _, v in gpus),
-        cuda_context_mib=hardware.budget.cuda_context_mib,
-        split_mode=engine.split_mode or "layer",
-        ngl_counts_output=caps.ngl_counts_output,
-    )
-
-
-def estimate(
-    resolved: ResolvedProfile, header: GgufHeader | None
-) -> tuple[MemoryEstimate, str, int]:
-    """Memory per device, where the tensor sizes came from, and the weights' total bytes."""
-    profile, arch, hardware = resolved.profile, resolved.architecture, resolved.hardware
-    tensors, source = model_tensors(resolved, header)
-    model_bytes = sum(t.nbytes for t in tensors)
-    gpus = gpus_for(profile, hardware)
-    engine = profile.engine
-    if isinstance(engine, VllmEngine):
-        cfg = VllmConfig(
-            max_model_len=engine.max_model_len,
-            max_num_seqs=engine.max_num_seqs,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            kv_cache_dtype=engine.kv_cache_dtype,
-            gpu_vram_mib=tuple(v for _, v in gpus),
-        )
-        return estimate_vllm(arch, tensors, cfg), source, model_bytes
-    caps = engine_caps(engine.kind, engine.version)
-    moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
-    cfg_llama = llama_config(engine, caps, hardware, gpus, moe_layers)
-    return estimate_llama(arch, tensors, cfg_llama), source, model_bytes
-
-
-def budgets(memory: MemoryEstimate, hardware: HardwareProfile) -> tuple[DeviceBudget, ...]:
-    """Compare each device's need with what the hardware profile offers."""
-    out = []
-    for device, need in memory.devices.items():
-        if device == CPU:
-            capacity = int((hardware.memory.ram_gib - hardware.budget.ram_headroom_gib) * GIB)
-        else:
-            gpu = hardware.gpu(int(device.removeprefix("CUDA")))
-            vram = gpu.vram_mib if gpu else 0
-            capacity = (vram - hardware.budget.gpu_headroom_mib) * MIB
-        out.append(DeviceBudget(device, need.total, capacity))
-    return tuple(out)
-
-
 def _fits(resolved: ResolvedProfile, header: GgufHeader | None) -> bool:
+    engine = resolved.profile.engine
+    if isinstance(engine, LlamaEngine) and engine.placement == "auto":
+        return choose_placement(resolved, model_tensors(resolved, header)[0]).chosen is not None
     memory, _, _ = estimate(resolved, header)
     return all(b.fits for b in budgets(memory, resolved.hardware))
-
-
-def _with_engine(resolved: ResolvedProfile, **changes: Any) -> ResolvedProfile:
-    engine = resolved.profile.engine.model_copy(update=changes)
-    profile = resolved.profile.model_copy(update={"engine": engine})
-    return replace(resolved, profile=profile)
 
 
 def largest_fitting_ctx(resolved: ResolvedProfile, header: GgufHeader | None) -> int | None:
@@ -250,7 +128,7 @@ def largest_fitting_ctx(resolved: ResolvedProfile, header: GgufHeader | None) ->
     low, high = 0, engine.ctx // 256
     while low < high:
         mid = (low + high + 1) // 2
-        if _fits(_with_engine(resolved, ctx=mid * 256), header):
+        if _fits(with_engine(resolved, ctx=mid * 256), header):
             low = mid
         else:
             high = mid - 1
@@ -261,15 +139,18 @@ def suggest_llama(resolved: ResolvedProfile, header: GgufHeader | None) -> list[
     """Changes that would make an over-budget llama.cpp plan fit."""
     engine = resolved.profile.engine
     assert isinstance(engine, LlamaEngine)
+    auto = engine.placement == "auto"
     out: list[str] = []
     ctx = largest_fitting_ctx(resolved, header)
     if ctx:
-        out.append(f"engine.ctx = {ctx} (the largest context that fits as configured)")
-    if resolved.architecture.moe is not None and not engine.cpu_moe:
-        if _fits(_with_engine(resolved, cpu_moe=True, n_cpu_moe=None), header):
+        how = "with the placement orch chooses" if auto else "as configured"
+        out.append(f"engine.ctx = {ctx} (the largest context that fits {how})")
+    moe = resolved.architecture.moe is not None
+    if moe and not auto and not engine.cpu_moe:
+        if _fits(with_engine(resolved, cpu_moe=True, n_cpu_moe=None), header):
             out.append("engine.cpu_moe = true (experts in host RAM, attention on the GPU)")
     if engine.cache_type_k == "f16" and _fits(
-        _with_engine(resolved, cache_type_k="q8_0", cache_type_v="q8_0"), header
+        with_engine(resolved, cache_type_k="q8_0", cache_type_v="q8_0"), header
     ):
         out.append('engine.cache_type_k = engine.cache_type_v = "q8_0" (halves the KV cache)')
     return out
@@ -354,6 +235,12 @@ def build_plan(
     header: GgufHeader | None = None,
 ) -> Plan:
     """Decide everything about one launch. Raises ProfileError / TemplateError on bad input."""
+    auto: AutoPlacement | None = None
+    requested = resolved
+    if isinstance(resolved.profile.engine, LlamaEngine):
+        if resolved.profile.engine.placement == "auto":
+            auto = choose_placement(resolved, model_tensors(resolved, header)[0])
+            resolved = with_engine(resolved, **_applied(auto).settings)
     profile = resolved.profile
     engine = profile.engine
     runtime = profile.runtime
@@ -366,9 +253,10 @@ def build_plan(
     api_key_file = ""
     api_key_mount = ""
     key_env_name = "VLLM_API_KEY" if isinstance(engine, VllmEngine) else "LLAMA_API_KEY"
-    if profile.secrets.api_key_env:
-        secret_env.append(key_env_name)
-    if profile.secrets.api_key_file:
+    vllm_key_file = isinstance(engine, VllmEngine) and profile.secrets.api_key_file
+    if profile.secrets.api_key_env or vllm_key_file:
+        secret_env.append(key_env_name)  # vLLM has no key-file flag: orch reads the file
+    elif profile.secrets.api_key_file:
         if is_podman:
             api_key_file = CONTAINER_SECRET
             api_key_mount = f"{profile.secrets.api_key_file}:{CONTAINER_SECRET}:ro,Z"
@@ -470,7 +358,7 @@ def build_plan(
     if isinstance(engine, VllmEngine):
         suggestions = suggest_vllm(resolved, memory)
     elif not all(b.fits for b in device_budgets):
-        suggestions = suggest_llama(resolved, header)
+        suggestions = suggest_llama(requested, header)
 
     timeout = profile.health.timeout_s or round(120 + model_bytes / READ_BANDWIDTH_BYTES_S, 0)
     return Plan(
@@ -494,7 +382,15 @@ def build_plan(
         plan_hash=plan_hash,
         warnings=tuple(warnings),
         suggestions=tuple(suggestions),
+        placement=auto,
     )
+
+
+def _applied(auto: AutoPlacement) -> Candidate:
+    """The chosen candidate, or (nothing fits) the one over budget by the least."""
+    if auto.chosen is not None:
+        return auto.chosen
+    return min(auto.considered, key=lambda c: sum(b.over_by for b in c.budget))
 
 
 def _hf_cache_hint() -> str:

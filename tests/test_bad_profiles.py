@@ -222,6 +222,16 @@ CASES: list[tuple[str, str, str]] = [
         "runtime.image: unknown key (valid: kind, env)",
     ),
     (
+        "auto placement with manual -ngl",
+        add("engine", 'placement = "auto"\ngpu_layers = 20\ncpu_moe = true'),
+        'engine.placement: "auto" chooses gpu_layers, cpu_moe, n_cpu_moe, override_tensors, tensor_split; remove gpu_layers, cpu_moe or set placement = "manual"',
+    ),
+    (
+        "unknown placement",
+        add("engine", 'placement = "fastest"'),
+        "engine.placement: 'fastest' is not one of manual, auto",
+    ),
+    (
         "sampling top_p range",
         GOOD + "\n[engine.sampling]\ntop_p = 1.5\n",
         "engine.sampling.top_p: must be <= 1, got 1.5",

@@ -32,6 +32,14 @@ def golden_files(plan: Plan) -> dict[str, str]:
         "facts": plan.memory.facts,
         "suggestions": list(plan.suggestions),
     }
+    if plan.placement is not None:
+        summary["placement"] = {
+            "chosen": plan.placement.chosen.strategy if plan.placement.chosen else None,
+            "considered": [
+                {"strategy": c.strategy, "flags": c.flags, "fits": c.fits}
+                for c in plan.placement.considered
+            ],
+        }
     return {
         "command.sh": plan.display() + "\n",
         "argv.json": json.dumps(list(plan.argv), indent=1) + "\n",

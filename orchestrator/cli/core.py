@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.app import App, live_problems
+from orchestrator.autoplace import AutoPlacement, as_auto
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
 from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
-from orchestrator.memory.llama import estimate_llama
+from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
 from orchestrator.probe import probe_host
@@ -40,7 +42,7 @@ def register(commands: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  orch plan --dry-run\n  orch plan --dry-run --json qwen35-397b-iq4\n"
-        "  orch plan demo",
+        "  orch plan --dry-run --placement auto qwen35-397b-iq4-2gpu\n  orch plan demo",
     )
     p.add_argument(
         "names", nargs="*", metavar="NAME", help="profile names (profiles/models/NAME.toml)"
@@ -48,6 +50,12 @@ def register(commands: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="no host probing; declared hardware only")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--hardware", help="plan against another hardware profile")
+    p.add_argument(
+        "--placement",
+        choices=["auto"],
+        help="auto: let orch choose the layer/expert placement (llama.cpp profiles), "
+        "showing the alternatives it considered",
+    )
     p.set_defaults(handler=cmd_plan)
 
     p = commands.add_parser(
@@ -124,6 +132,26 @@ def _memory_table(title: str, memory: MemoryEstimate, plan: Plan | None) -> Tabl
     return table
 
 
+def _print_placement(console: Console, auto: AutoPlacement) -> None:
+    console.print(
+        "  placement auto: strategies considered (est. decode tok/s from the hardware's "
+        "[decode] rates)",
+        markup=False,
+    )
+    for c in auto.considered:
+        gpu = sum(b.need for b in c.budget if b.device != CPU)
+        host = sum(b.need for b in c.budget if b.device == CPU)
+        mark = "->" if c is auto.chosen else "  "
+        verdict = f"GPU {_gib(gpu)}, host {_gib(host)}" if c.fits else f"no: {c.why_not}"
+        console.print(
+            f"  {mark} {c.strategy:<12} {c.tokens_per_s:7.1f} tok/s  {verdict}\n"
+            f"       {c.what}: {c.flags}",
+            markup=False,
+        )
+    if auto.chosen is None:
+        console.print("  none fits: see the suggestions below", markup=False)
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
@@ -145,6 +173,8 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
     console.print(_memory_table("memory", plan.memory, plan))
     for note in plan.memory.notes:
         console.print(f"  note: {note}", markup=False)
+    if plan.placement is not None:
+        _print_placement(console, plan.placement)
     for warning in plan.warnings:
         console.print(f"  warning: {warning}", markup=False)
     if not plan.fits:
@@ -168,6 +198,8 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     worst = 0
     for name in names:
         resolved = app.resolve(name, args.hardware)
+        if args.placement == "auto":
+            resolved = as_auto(resolved)
         plan = app.plan_for(resolved, read_header=not args.dry_run)
         problems: list[str] = []
         if host is not None:
@@ -214,12 +246,15 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         vram = tuple(g.vram_mib for g in hardware.gpus)
         context_mib = hardware.budget.cuda_context_mib
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
     cfg = parse_llama_args(
         server_args,
         gpus=gpus,
         gpu_vram_mib=vram,
         cuda_context_mib=context_mib,
         moe_layers=moe_layers,
+        # a CPU-only llama-server on x86-64 repacks some weight types into a second buffer
+        repack_types=REPACK_AVX2 if x86 and not gpus else (),
     )
     memory = estimate_llama(arch, list(header.tensors), cfg)
     if args.json:

@@ -65,6 +65,8 @@ class Gpu(Strict):
     index: NonNegInt
     name: str
     vram_mib: PosInt
+    bandwidth_gbs: Annotated[float, Field(ge=0)] = 0.0
+    """Memory bandwidth from the spec sheet (0: unknown); ranks placements by decode speed."""
 
 
 class Budget(Strict):
@@ -73,6 +75,21 @@ class Budget(Strict):
     gpu_headroom_mib: NonNegInt = 512
     ram_headroom_gib: Annotated[float, Field(ge=0)] = 8.0
     cuda_context_mib: NonNegInt = 590
+    auto_margin_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    """``placement = "auto"`` leaves this share of each GPU's budget free as well (the memory
+    model is within 2 % of measured allocations)."""
+
+
+class Decode(Strict):
+    """Factors of the decode-speed estimate that ranks placements (orchestrator.autoplace).
+
+    A token costs ``layer_overhead_us`` per layer plus the bytes it reads on each device at
+    that device's rate. Fit both from two measured runs on the machine (see the README).
+    """
+
+    host_read_gbs: Annotated[float, Field(gt=0)] | None = None
+    """Effective host read rate while decoding. Default: 25 % of memory.bandwidth_gbs."""
+    layer_overhead_us: Annotated[float, Field(ge=0)] = 100.0
 
 
 class HardwareProfile(Strict):
@@ -84,6 +101,7 @@ class HardwareProfile(Strict):
     numa: tuple[NumaNode, ...] = ()
     gpus: tuple[Gpu, ...] = ()
     budget: Budget = Budget()
+    decode: Decode = Decode()
 
     @model_validator(mode="after")
     def _unique_indices(self) -> HardwareProfile:
@@ -229,6 +247,10 @@ class Sampling(Strict):
     seed: int | None = None
 
 
+AUTO_PLACED = ("gpu_layers", "cpu_moe", "n_cpu_moe", "override_tensors", "tensor_split")
+"""The engine settings ``placement = "auto"`` decides."""
+
+
 class LlamaEngine(Strict):
     """llama.cpp's or ik_llama.cpp's llama-server."""
 
@@ -273,6 +295,13 @@ class LlamaEngine(Strict):
             raise ValueError("cpu_moe: set cpu_moe or n_cpu_moe, not both")
         if self.threads_batch is not None and self.threads is None:
             raise ValueError("threads_batch: set threads too")
+        if self.placement == "auto":
+            chosen = [name for name in AUTO_PLACED if getattr(self, name) not in (None, False, ())]
+            if chosen:
+                raise ValueError(
+                    f'placement: "auto" chooses {", ".join(AUTO_PLACED)}; remove '
+                    f'{", ".join(chosen)} or set placement = "manual"'
+                )
         return self
 
 
@@ -288,7 +317,8 @@ class VllmEngine(Strict):
     tensor_parallel_size: PosInt = 1
     dtype: Literal["auto", "bfloat16", "float16", "half", "float32"] = "auto"
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool | None = None
+    """Default: vLLM's (on for generative models); false renders --no-enable-prefix-caching."""
     trust_remote_code: bool = False
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None

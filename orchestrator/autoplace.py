@@ -1,0 +1,355 @@
+"""``placement = "auto"``: the llama-server placement that decodes fastest and still fits.
+
+Each strategy is searched for its best setting within the hardware budget:
+
+- every layer on the GPU(s);
+- the experts of the fewest layers in host RAM (``--n-cpu-moe N``);
+- with several GPUs, each GPU holding the experts of as many of its own layers as fit, the rest
+  in host RAM (``-ot`` rules before ``--cpu-moe``, like seed 003);
+- every expert in host RAM (``--cpu-moe``), with as many layers on the GPU(s) as fit;
+- plain partial offload (``-ngl N``), and CPU only.
+
+Strategies are ranked by an estimate of decode speed: a token reads each weight it uses once
+(of an expert tensor, ``n_expert_used / n_expert``; of ``token_embd``, one row) at its device's
+read rate, plus a fixed cost per layer (hardware ``[decode]``). Attention and shared weights
+are read for every token, experts only in part, so the GPU bytes go to attention first.
+A candidate fits only with ``budget.auto_margin_fraction`` of each GPU's budget left free. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.memory.breakdown import GIB, MemoryEstimate
+from orchestrator.memory.llama import CPU, EXPERT_REGEX, estimate_llama, place
+from orchestrator.memory.tensors import Tensor
+from orchestrator.profiles.loader import ResolvedProfile
+from orchestrator.profiles.schema import (
+    AUTO_PLACED,
+    Architecture,
+    HardwareProfile,
+    LlamaEngine,
+    OverrideTensor,
+)
+from orchestrator.sizing import DeviceBudget, budgets, llama_config_for, with_engine
+
+ALL_LAYERS = 999
+DEFAULT_GPU_GBS = 1000.0
+"""GPU read rate when the hardware profile gives no ``bandwidth_gbs``."""
+DEFAULT_HOST_GBS = 50.0
+"""Host read rate when the hardware profile gives neither ``decode`` nor memory bandwidth."""
+HOST_SHARE_OF_SPEC = 0.25
+"""Default effective host read rate while decoding, as a share of the spec bandwidth."""
+
+
+@dataclass(frozen=True)
+class DecodeRates:
+    """Read rates (bytes/s) per device and the fixed cost of each layer per token."""
+
+    host_bytes_s: float
+    gpu_bytes_s: Mapping[str, float]
+    layer_overhead_s: float
+
+    def of(self, device: str) -> float:
+        """The read rate of one device."""
+        if device == CPU:
+            return self.host_bytes_s
+        return self.gpu_bytes_s.get(device, DEFAULT_GPU_GBS * 1e9)
+
+
+def decode_rates(hardware: HardwareProfile) -> DecodeRates:
+    """Rates from the hardware profile, with the documented defaults."""
+    host_gbs = hardware.decode.host_read_gbs
+    if host_gbs is None:
+        spec = hardware.memory.bandwidth_gbs
+        host_gbs = spec * HOST_SHARE_OF_SPEC if spec else DEFAULT_HOST_GBS
+    gpus = {f"CUDA{g.index}": (g.bandwidth_gbs or DEFAULT_GPU_GBS) * 1e9 for g in hardware.gpus}
+    return DecodeRates(host_gbs * 1e9, gpus, hardware.decode.layer_overhead_us * 1e-6)
+
+
+def bytes_read_per_token(
+    arch: Architecture, tensors: Sequence[Tensor], tensor_device: Mapping[str, str]
+) -> dict[str, int]:
+    """Bytes one decoded token reads from each device's memory."""
+    share = arch.moe.n_expert_used / arch.moe.n_expert if arch.moe else 1.0
+    out: dict[str, int] = {}
+    for tensor in tensors:
+        kind = tensor.kind
+        if kind == "token_embd":
+            size = tensor.nbytes // max(arch.vocab, 1)
+        elif kind == "ffn_exps":
+            size = int(tensor.nbytes * share)
+        else:
+            size = tensor.nbytes
+        device = tensor_device[tensor.name]
+        out[device] = out.get(device, 0) + size
+    return out
+
+
+def decode_tokens_per_s(read: Mapping[str, int], n_layer: int, rates: DecodeRates) -> float:
+    """Estimated decode speed of one sequence, from the bytes each device reads per token."""
+    seconds = n_layer * rates.layer_overhead_s
+    seconds += sum(n / rates.of(device) for device, n in read.items())
+    return 1.0 / seconds if seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One placement orch considered: its engine settings, memory and estimated speed."""
+
+    strategy: str
+    what: str
+    settings: Mapping[str, Any]
+    flags: str
+    budget: tuple[DeviceBudget, ...]
+    read: Mapping[str, int]
+    tokens_per_s: float
+
+    @property
+    def fits(self) -> bool:
+        """Whether every device is within budget."""
+        return all(b.fits for b in self.budget)
+
+    @property
+    def why_not(self) -> str:
+        """``CUDA0 over by 3.20 GiB`` for each device over budget ('' if it fits)."""
+        return "; ".join(
+            f"{b.device} over by {b.over_by / GIB:.2f} GiB" for b in self.budget if not b.fits
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``plan --json``."""
+        return {
+            "strategy": self.strategy,
+            "what": self.what,
+            "flags": self.flags,
+            "fits": self.fits,
+            "why_not": self.why_not,
+            "need": {b.device: b.need for b in self.budget},
+            "read_per_token": dict(self.read),
+            "est_tokens_per_s": round(self.tokens_per_s, 2),
+        }
+
+
+@dataclass(frozen=True)
+class AutoPlacement:
+    """The chosen placement (None if none fits) and every candidate considered."""
+
+    chosen: Candidate | None
+    considered: tuple[Candidate, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``plan --json``."""
+        return {
+            "chosen": self.chosen.strategy if self.chosen else None,
+            "considered": [c.to_json() for c in self.considered],
+        }
+
+
+def flags_text(settings: Mapping[str, Any]) -> str:
+    """The llama-server flags a candidate's settings render to."""
+    parts: list[str] = []
+    if settings.get("gpu_layers") is not None:
+        parts.append(f"-ngl {settings['gpu_layers']}")
+    rules: Sequence[OverrideTensor] = settings.get("override_tensors", ())
+    if rules:
+        parts.append("-ot " + ",".join(f"{r.pattern}={r.device}" for r in rules))
+    if settings.get("n_cpu_moe"):
+        parts.append(f"--n-cpu-moe {settings['n_cpu_moe']}")
+    if settings.get("cpu_moe"):
+        parts.append("--cpu-moe")
+    return " ".join(parts)
+
+
+def _largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
+    """The largest ``n`` in ``[low, high]`` with ``ok(n)``, for ``ok`` true up to a point."""
+    if not ok(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _smallest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
+    """The smallest ``n`` in ``[low, high]`` with ``ok(n)``, for ``ok`` true from a point on."""
+    if not ok(high):
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def as_auto(resolved: ResolvedProfile) -> ResolvedProfile:
+    """``resolved`` with ``placement = "auto"`` and its manual placement settings cleared."""
+    if not isinstance(resolved.profile.engine, LlamaEngine):
+        return resolved  # vLLM places by tensor parallelism, not by layer
+    return with_engine(resolved, placement="auto", **_CLEARED)
+
+
+_CLEARED: dict[str, Any] = {
+    "gpu_layers": None,
+    "cpu_moe": False,
+    "n_cpu_moe": None,
+    "override_tensors": (),
+    "tensor_split": (),
+}
+assert set(_CLEARED) == set(AUTO_PLACED)
+
+
+class _Search:
+    """Memory and speed of placements of one profile, with its other settings fixed."""
+
+    def __init__(self, resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> None:
+        self.base = with_engine(resolved, **_CLEARED)
+        self.arch = resolved.architecture
+        self.hardware = resolved.hardware
+        self.tensors = tensors
+        self.rates = decode_rates(self.hardware)
+
+    def memory(self, settings: Mapping[str, Any]) -> tuple[MemoryEstimate, Any]:
+        cfg = llama_config_for(with_engine(self.base, **settings))
+        return estimate_llama(self.arch, self.tensors, cfg), cfg
+
+    def budget(self, settings: Mapping[str, Any]) -> tuple[DeviceBudget, ...]:
+        return self.with_margin(budgets(self.memory(settings)[0], self.hardware))
+
+    def with_margin(self, found: tuple[DeviceBudget, ...]) -> tuple[DeviceBudget, ...]:
+        """GPU capacities less the auto-placement margin."""
+        keep = 1.0 - self.hardware.budget.auto_margin_fraction
+        return tuple(
+            b if b.device == CPU else DeviceBudget(b.device, b.need, int(b.capacity * keep))
+            for b in found
+        )
+
+    def gpus_fit(self, settings: Mapping[str, Any], only: str | None = None) -> bool:
+        return all(
+            b.fits
+            for b in self.budget(settings)
+            if b.device != CPU and (only is None or b.device == only)
+        )
+
+    def candidate(self, strategy: str, what: str, settings: Mapping[str, Any]) -> Candidate:
+        memory, cfg = self.memory(settings)
+        placed = place(self.tensors, self.arch.n_layer, cfg)
+        read = bytes_read_per_token(self.arch, self.tensors, placed.tensor_device)
+        return Candidate(
+            strategy=strategy,
+            what=what,
+            settings=dict(settings),
+            flags=flags_text(settings),
+            budget=self.with_margin(budgets(memory, self.hardware)),
+            read=read,
+            tokens_per_s=decode_tokens_per_s(read, self.arch.n_layer, self.rates),
+        )
+
+    def layer_gpus(self) -> dict[int, str]:
+        """Which GPU each block sits on when every layer is offloaded."""
+        _, cfg = self.memory({"gpu_layers": ALL_LAYERS})
+        placed = place(self.tensors, self.arch.n_layer, cfg)
+        return placed.layer_device
+
+
+def _expert_rules(layers: Sequence[int], device: str) -> OverrideTensor:
+    alternatives = "|".join(str(i) for i in layers)
+    return OverrideTensor(pattern=rf"blk\.({alternatives}){EXPERT_REGEX}", device=device)
+
+
+def _gpu_experts(search: _Search, gpus: Sequence[str]) -> Candidate:
+    """Each GPU keeps the experts of as many of its own layers as fit; the rest go to RAM."""
+    layer_gpu = search.layer_gpus()
+    moe_layers = [i for i in range(search.arch.n_layer) if search.arch.is_moe_layer(i)]
+    rules: list[OverrideTensor] = []
+    kept: list[str] = []
+    for gpu in gpus:
+        own = [i for i in moe_layers if layer_gpu.get(i) == gpu]
+
+        def fits(n: int, own: list[int] = own, gpu: str = gpu) -> bool:
+            extra = (_expert_rules(own[:n], gpu),) if n else ()
+            settings = {"gpu_layers": ALL_LAYERS, "cpu_moe": True, "override_tensors": extra}
+            return search.gpus_fit(settings, only=gpu)
+
+        count = _largest(0, len(own), fits) or 0
+        if count:
+            rules.append(_expert_rules(own[:count], gpu))
+            kept.append(f"{gpu} {count}")
+    settings = {"gpu_layers": ALL_LAYERS, "cpu_moe": True, "override_tensors": tuple(rules)}
+    what = "each GPU keeps its own layers' experts as far as they fit (" + (
+        ", ".join(kept) or "none"
+    )
+    return search.candidate("gpu-experts", what + " layers), the rest in host RAM", settings)
+
+
+def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacement:
+    """Search every strategy and pick the fastest one that fits."""
+    engine = resolved.profile.engine
+    assert isinstance(engine, LlamaEngine)
+    search = _Search(resolved, tensors)
+    arch = search.arch
+    gpus = sorted({b.device for b in search.budget({"gpu_layers": ALL_LAYERS})} - {CPU})
+    considered: list[Candidate] = []
+    if not gpus:
+        considered.append(search.candidate("cpu", "CPU only (no GPU)", {"gpu_layers": 0}))
+        return _pick(considered)
+
+    every = {"gpu_layers": ALL_LAYERS}
+    considered.append(search.candidate("all-gpu", "every layer on the GPU(s)", every))
+    if considered[0].fits:
+        return _pick(considered)
+
+    n_moe = sum(1 for i in range(arch.n_layer) if arch.is_moe_layer(i))
+    if n_moe:
+        k = _smallest(1, n_moe, lambda n: search.gpus_fit({**every, "n_cpu_moe": n}))
+        if k is not None and k < n_moe:
+            considered.append(
+                search.candidate(
+                    "n-cpu-moe",
+                    f"experts of {k} of {n_moe} MoE layers in host RAM, the rest on the GPU(s)",
+                    {**every, "n_cpu_moe": k},
+                )
+            )
+        if len(gpus) > 1:
+            considered.append(_gpu_experts(search, gpus))
+        cpu_moe = {**every, "cpu_moe": True}
+        considered.append(
+            search.candidate("cpu-moe", "every expert in host RAM, the rest on the GPU(s)", cpu_moe)
+        )
+        if not search.gpus_fit(cpu_moe):
+            layers = _largest(
+                1, arch.n_layer, lambda n: search.gpus_fit({"gpu_layers": n, "cpu_moe": True})
+            )
+            if layers:
+                considered.append(
+                    search.candidate(
+                        "cpu-moe-ngl",
+                        f"every expert in host RAM, {layers} layers on the GPU(s)",
+                        {"gpu_layers": layers, "cpu_moe": True},
+                    )
+                )
+    layers = _largest(1, arch.n_layer, lambda n: search.gpus_fit({"gpu_layers": n}))
+    if layers:
+        considered.append(
+            search.candidate(
+                "ngl",
+                f"{layers} of {arch.n_layer + 1} layers on the GPU(s) (plain -ngl), "
+                "the rest on the CPU",
+                {"gpu_layers": layers},
+            )
+        )
+    considered.append(search.candidate("cpu", "CPU only (-ngl 0)", {"gpu_layers": 0}))
+    return _pick(considered)
+
+
+def _pick(considered: list[Candidate]) -> AutoPlacement:
+    fitting = [c for c in considered if c.fits]
+    chosen = max(fitting, key=lambda c: c.tokens_per_s) if fitting else None
+    return AutoPlacement(chosen, tuple(considered))

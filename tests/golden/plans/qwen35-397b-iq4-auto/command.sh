@@ -1,0 +1,26 @@
+podman run \
+  -d \
+  --name orch-qwen35-397b-iq4-auto \
+  --label orch.profile=qwen35-397b-iq4-auto \
+  --label orch.plan=298e3152a717de17 \
+  --init \
+  --device nvidia.com/gpu=all \
+  -p 127.0.0.1:8002:8080 \
+  --shm-size 16g \
+  --cap-add=SYS_NICE \
+  -v /mnt/data/hf/hub/models--ubergarm--Qwen3.5-397B-A17B-GGUF:/models:ro,Z \
+  compute.home.arpa/ik_llama-cuda \
+  --host 0.0.0.0 \
+  --port 8080 \
+  --model /models/snapshots/main/IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf \
+  --jinja \
+  --ctx-size 262144 \
+  --threads 13 \
+  --threads-batch 24 \
+  --batch-size 2048 \
+  --ubatch-size 2048 \
+  --n-gpu-layers 999 \
+  --n-cpu-moe 37 \
+  --flash-attn on \
+  --no-mmap \
+  --metrics

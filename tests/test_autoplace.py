@@ -1,0 +1,277 @@
+"""``placement = "auto"``: the choice, its search bounds, its margin, and the speed model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from orchestrator.autoplace import (
+    ALL_LAYERS,
+    AutoPlacement,
+    Candidate,
+    DecodeRates,
+    _Search,
+    as_auto,
+    bytes_read_per_token,
+    decode_rates,
+    decode_tokens_per_s,
+)
+from orchestrator.cli import main
+from orchestrator.errors import BudgetError
+from orchestrator.memory.calibration import (
+    H100_VRAM_MIB,
+    synthetic_architecture,
+    synthetic_tensors,
+)
+from orchestrator.memory.gguf_arch import parse_llama_args
+from orchestrator.memory.llama import CPU, place
+from orchestrator.plan import Plan, build_plan, model_tensors, require_fit
+from orchestrator.profiles.loader import Catalog, ResolvedProfile
+from orchestrator.render import make_environment
+from orchestrator.sizing import llama_config_for
+from orchestrator.synthetic import CALIBRATION_DENSE, CALIBRATION_MOE
+from tests.conftest import PROFILES, REPO, TEMPLATES
+
+H100_DECODE = REPO / "benchmarks" / "data" / "h100-decode.csv"
+H100_BANDWIDTH = 3350e9
+
+
+def resolve(name: str, root: Path = PROFILES) -> ResolvedProfile:
+    return Catalog(root).load(name)
+
+
+def plan_of(resolved: ResolvedProfile) -> Plan:
+    return build_plan(resolved, make_environment(TEMPLATES))
+
+
+def chosen(plan: Plan) -> Candidate:
+    assert plan.placement is not None and plan.placement.chosen is not None
+    return plan.placement.chosen
+
+
+def search_for(resolved: ResolvedProfile) -> _Search:
+    return _Search(resolved, model_tensors(resolved, None)[0])
+
+
+# ---------------------------------------------------------------- choices on shipped profiles
+
+
+def test_single_gpu_keeps_the_most_layers_experts_that_fit() -> None:
+    resolved = resolve("qwen35-397b-iq4-auto")
+    plan = plan_of(resolved)
+    pick = chosen(plan)
+    assert pick.strategy == "n-cpu-moe"
+    k = pick.settings["n_cpu_moe"]
+    assert f"--n-cpu-moe {k}" in " ".join(plan.engine_argv)
+    assert "--cpu-moe" not in plan.engine_argv
+    # k is the fewest layers whose experts must leave the GPU: one fewer does not fit
+    search = search_for(resolved)
+    assert search.gpus_fit({"gpu_layers": ALL_LAYERS, "n_cpu_moe": k})
+    assert not search.gpus_fit({"gpu_layers": ALL_LAYERS, "n_cpu_moe": k - 1})
+    assert plan.fits
+    by = {c.strategy: c for c in plan.placement.considered}  # type: ignore[union-attr]
+    assert pick.tokens_per_s > by["cpu-moe"].tokens_per_s  # beats the seed's --cpu-moe
+    assert pick.tokens_per_s > by["ngl"].tokens_per_s  # and plain partial offload
+    assert not by["all-gpu"].fits
+
+
+def test_two_gpus_write_per_gpu_expert_rules_like_seed_003() -> None:
+    resolved = resolve("qwen35-397b-iq4-2gpu-auto")
+    plan = plan_of(resolved)
+    pick = chosen(plan)
+    assert pick.strategy == "gpu-experts"
+    rules = pick.settings["override_tensors"]
+    assert [r.device for r in rules] == ["CUDA0", "CUDA1"]
+    argv = list(plan.engine_argv)
+    assert argv.index("--override-tensor") < argv.index("--cpu-moe")  # rules win over it
+    # each GPU is full: one more layer's experts on it would not fit
+    search = search_for(resolved)
+    layer_gpu = search.layer_gpus()
+    for rule in rules:
+        gpu = rule.device
+        kept = [int(n) for n in rule.pattern.split("(")[1].split(")")[0].split("|")]
+        own = [i for i, g in layer_gpu.items() if g == gpu]
+        assert kept == own[: len(kept)]
+        bigger = (
+            type(rule)(pattern=rule.pattern.replace(")", f"|{own[len(kept)]})", 1), device=gpu),
+        )
+        settings = {"gpu_layers": ALL_LAYERS, "cpu_moe": True, "override_tensors": bigger}
+        assert not search.gpus_fit(settings, only=gpu)
+    by = {c.strategy: c for c in plan.placement.considered}  # type: ignore[union-attr]
+    assert pick.tokens_per_s == max(c.tokens_per_s for c in by.values() if c.fits)
+
+
+def test_every_gpu_keeps_the_auto_margin() -> None:
+    for name in ("qwen35-397b-iq4-auto", "qwen35-397b-iq4-2gpu-auto"):
+        plan = plan_of(resolve(name))
+        hardware = resolve(name).hardware
+        keep = 1 - hardware.budget.auto_margin_fraction
+        for b in plan.budget:
+            if b.device != CPU:
+                assert b.need <= b.capacity * keep, (name, b)
+
+
+def test_all_on_gpu_when_it_fits() -> None:
+    plan = plan_of(as_auto(resolve("qwen3-coder-next-iq4nl-hybrid")))
+    pick = chosen(plan)
+    assert pick.strategy == "all-gpu"
+    assert "--override-tensor" not in plan.engine_argv
+    assert len(plan.placement.considered) == 1  # type: ignore[union-attr]
+
+
+def small_gpu_profiles(tmp_path: Path, vram_mib: int) -> Path:
+    root = tmp_path / "profiles"
+    shutil.copytree(PROFILES, root)
+    hw = root / "hardware" / "epyc9175f-rtxpro6000.toml"
+    hw.write_text(hw.read_text().replace("vram_mib = 97887", f"vram_mib = {vram_mib}"))
+    return root
+
+
+def test_dense_model_gets_the_most_layers_that_fit(tmp_path: Path) -> None:
+    root = small_gpu_profiles(tmp_path, 24576)
+    text = (root / "models" / "iquest-coder-40b-q5km-cpu.toml").read_text()
+    start, end = text.index("[runtime]"), text.index("[publish]")
+    text = text[:start] + '[runtime]\nkind = "process"\n\n' + text[end:]
+    (root / "models" / "dense.toml").write_text(
+        text.replace("[engine]", '[engine]\nplacement = "auto"')
+    )
+    resolved = resolve("dense", root)
+    plan = plan_of(resolved)
+    pick = chosen(plan)
+    assert pick.strategy == "ngl"
+    layers = pick.settings["gpu_layers"]
+    assert 0 < layers < resolved.architecture.n_layer
+    search = search_for(resolved)
+    assert search.gpus_fit({"gpu_layers": layers})
+    assert not search.gpus_fit({"gpu_layers": layers + 1})
+    argv = list(plan.engine_argv)
+    assert argv[argv.index("--n-gpu-layers") + 1] == str(layers)
+
+
+def test_cpu_only_hardware_plans_cpu_only() -> None:
+    plan = plan_of(as_auto(resolve("demo")))
+    pick = chosen(plan)
+    assert pick.strategy == "cpu"
+    assert [b.device for b in plan.budget] == [CPU]
+
+
+def test_nothing_fits_says_what_would(tmp_path: Path) -> None:
+    root = tmp_path / "profiles"
+    shutil.copytree(PROFILES, root)
+    hw = root / "hardware" / "epyc9175f-rtxpro6000.toml"
+    hw.write_text(hw.read_text().replace("ram_gib = 768\n", "ram_gib = 134\n", 1))
+    plan = plan_of(resolve("qwen35-397b-iq4-auto", root))
+    assert plan.placement is not None and plan.placement.chosen is None
+    assert not plan.fits
+    assert plan.suggestions and "placement orch chooses" in plan.suggestions[0]
+    assert not any("cpu_moe" in s for s in plan.suggestions)
+    with pytest.raises(BudgetError, match="does not fit"):
+        require_fit(plan)
+    # the suggested ctx really fits with the placement orch then chooses
+    ctx = int(plan.suggestions[0].split("=")[1].split()[0])
+    text = (root / "models" / "qwen35-397b-iq4-auto.toml").read_text()
+    (root / "models" / "smaller.toml").write_text(text.replace("ctx = 262144", f"ctx = {ctx}"))
+    assert plan_of(resolve("smaller", root)).fits
+
+
+# ---------------------------------------------------------------- the speed model
+
+
+def test_seed_002_held_out_run() -> None:
+    """[decode] was fitted on seed 002 all-GPU and seed 003 --cpu-moe; this run was not used."""
+    resolved = resolve("qwen3-coder-next-iq4nl-hybrid")
+    tensors, _ = model_tensors(resolved, None)
+    placed = place(tensors, resolved.architecture.n_layer, llama_config_for(resolved))
+    read = bytes_read_per_token(resolved.architecture, tensors, placed.tensor_device)
+    predicted = decode_tokens_per_s(
+        read, resolved.architecture.n_layer, decode_rates(resolved.hardware)
+    )
+    assert abs(predicted / 58.94 - 1) <= 0.05, predicted
+
+
+def h100_rows() -> list[dict[str, str]]:
+    lines = [ln for ln in H100_DECODE.read_text().splitlines() if ln and not ln.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def h100_read(row: dict[str, str]) -> tuple[int, dict[str, int]]:
+    spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
+    arch = synthetic_architecture(spec)
+    args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
+    cfg = parse_llama_args(
+        args,
+        gpus=("CUDA0",),
+        gpu_vram_mib=(H100_VRAM_MIB,),
+        cuda_context_mib=590,
+        moe_layers=list(range(arch.n_layer)) if arch.moe else [],
+    )
+    tensors = synthetic_tensors(spec)
+    placed = place(tensors, arch.n_layer, cfg)
+    return arch.n_layer, bytes_read_per_token(arch, tensors, placed.tensor_device)
+
+
+def test_h100_runs_held_out() -> None:
+    """Fit the two factors on m01 (all GPU) and m08 (--cpu-moe); predict the other three."""
+    rows = {r["name"]: r for r in h100_rows()}
+    n, read = h100_read(rows["m01"])
+    overhead = (1 / float(rows["m01"]["tg_tps"]) - read.get("CUDA0", 0) / H100_BANDWIDTH) / n
+    n, read = h100_read(rows["m08"])
+    host_time = 1 / float(rows["m08"]["tg_tps"]) - n * overhead - read["CUDA0"] / H100_BANDWIDTH
+    rates = DecodeRates(read[CPU] / host_time, {"CUDA0": H100_BANDWIDTH}, overhead)
+    predicted = {}
+    for name in ("m13", "d01", "d04"):
+        n, read = h100_read(rows[name])
+        predicted[name] = decode_tokens_per_s(read, n, rates)
+        measured = float(rows[name]["tg_tps"])
+        assert abs(predicted[name] / measured - 1) <= 0.15, (name, predicted[name], measured)
+    # the ranking auto placement relies on: -ngl 12 decodes faster than --cpu-moe here
+    assert predicted["m13"] > float(rows["m08"]["tg_tps"])
+
+
+def test_experts_count_by_share_read() -> None:
+    resolved = resolve("qwen35-397b-iq4")
+    tensors, _ = model_tensors(resolved, None)
+    devices = dict.fromkeys((t.name for t in tensors), CPU)
+    read = bytes_read_per_token(resolved.architecture, tensors, devices)
+    moe = resolved.architecture.moe
+    assert moe is not None
+    experts = sum(t.nbytes for t in tensors if t.kind == "ffn_exps")
+    rest = sum(t.nbytes for t in tensors if t.kind not in ("ffn_exps", "token_embd"))
+    expected = rest + experts * moe.n_expert_used / moe.n_expert
+    assert abs(read[CPU] - expected) <= len(tensors) + resolved.architecture.n_embd * 4
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_plan_placement_auto_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "--dry-run", "--placement", "auto", "qwen35-397b-iq4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "placement auto: strategies considered" in out
+    chosen_lines = [ln for ln in out.splitlines() if ln.strip().startswith("->")]
+    assert len(chosen_lines) == 1 and "n-cpu-moe" in chosen_lines[0]
+    assert "--n-cpu-moe" in out and "--cpu-moe \\" not in out
+
+
+def test_plan_json_lists_alternatives(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "--dry-run", "--json", "qwen35-397b-iq4-auto"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    placement = data["placement"]
+    assert placement["chosen"] == "n-cpu-moe"
+    strategies = [c["strategy"] for c in placement["considered"]]
+    assert strategies == ["all-gpu", "n-cpu-moe", "cpu-moe", "ngl", "cpu"]
+    assert all(
+        set(c) >= {"flags", "fits", "need", "est_tokens_per_s"} for c in placement["considered"]
+    )
+
+
+def test_manual_profiles_have_no_placement_report() -> None:
+    assert plan_of(resolve("qwen35-397b-iq4")).placement is None
+    assert isinstance(AutoPlacement(None, ()).to_json(), dict)

@@ -89,12 +89,23 @@ def model_path(resolved: ResolvedProfile) -> Path:
 
 def live_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
     """What stops this plan on this machine now: files, port, free memory."""
+    return file_problems(resolved) + resource_problems(plan, resolved, host)
+
+
+def file_problems(resolved: ResolvedProfile) -> list[str]:
+    """Model files the profile names that are missing."""
+    if isinstance(resolved.profile.engine, VllmEngine):
+        return []
+    files = split_paths(model_path(resolved))
+    return [
+        f"model file missing: {path} (model.path in {resolved.source})"
+        for path in missing_files(files)
+    ]
+
+
+def resource_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
+    """The port and the free memory: what a running instance may be holding."""
     problems: list[str] = []
-    engine = resolved.profile.engine
-    if not isinstance(engine, VllmEngine):
-        files = split_paths(model_path(resolved))
-        for path in missing_files(files):
-            problems.append(f"model file missing: {path} (model.path in {resolved.source})")
     if port_in_use(plan.host, plan.port):
         problems.append(
             f"port {plan.host}:{plan.port} is already in use (publish.port in {resolved.source})"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any
 import psutil
 from podman import PodmanClient
 
-from orchestrator.app import live_problems
+from orchestrator.app import file_problems, resource_problems
 from orchestrator.errors import PreflightError
 from orchestrator.health import get_json, request
 from orchestrator.plan import Plan, container_name
@@ -28,7 +31,11 @@ from orchestrator.runtime import process as process_rt
 from orchestrator.settings import Settings
 from orchestrator.state import Record
 
-_FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+_FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*(?:\.[\w-]+)*)")
+"""A flag in ``--help`` text; inner dots count (``--fim-qwen-1.5b-default``), a final one not."""
+
+FLAG_CACHE_VERSION = 1
+"""Bump when the ``--help`` parsing changes, so older cached flag sets are re-read."""
 
 
 class Runtimes:
@@ -67,13 +74,59 @@ def gpu_indices(plan: Plan) -> tuple[int, ...]:
 
 
 def api_key(profile: ModelProfile, environ: Mapping[str, str]) -> str | None:
-    """The API key the engine will demand, read the way the engine reads it."""
+    """The API key the engine will demand, read the way the engine reads it.
+
+    From ``api_key_file``: its first line that is neither blank nor a ``#`` comment
+    (llama-server accepts each such line as a key; orch's own requests send the first, and
+    vLLM, which has no key-file flag, gets it in ``VLLM_API_KEY``).
+    """
     if profile.secrets.api_key_env:
-        return environ.get(profile.secrets.api_key_env)
+        return environ.get(profile.secrets.api_key_env) or None
     if profile.secrets.api_key_file:
-        with contextlib.suppress(OSError):
-            return Path(profile.secrets.api_key_file).expanduser().read_text().strip()
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return _first_key(Path(profile.secrets.api_key_file).expanduser().read_text())
     return None
+
+
+def _first_key(text: str) -> str | None:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    return None
+
+
+def secret_problems(profile: ModelProfile, environ: Mapping[str, str]) -> list[str]:
+    """Why the profile's API key cannot be handed to the engine (empty when it can).
+
+    An empty variable or a file without a key line is refused: llama-server would start
+    without authentication, not with the key the profile asks for.
+    """
+    secrets = profile.secrets
+    if secrets.api_key_env:
+        value = environ.get(secrets.api_key_env)
+        if value is None:
+            return [f"secrets.api_key_env: ${secrets.api_key_env} is not set"]
+        if not value.strip():
+            return [
+                f"secrets.api_key_env: ${secrets.api_key_env} is empty "
+                "(the engine would start without authentication)"
+            ]
+    if secrets.api_key_file:
+        path = Path(secrets.api_key_file).expanduser()
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return [f"secrets.api_key_file: {secrets.api_key_file} does not exist"]
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return [f"secrets.api_key_file: cannot read {secrets.api_key_file}: {reason}"]
+        if _first_key(text) is None:
+            return [
+                f"secrets.api_key_file: {secrets.api_key_file} holds no key (only blank or # "
+                "lines; the engine would start without authentication)"
+            ]
+    return []
 
 
 def model_name(plan: Plan) -> str:
@@ -88,14 +141,14 @@ def engine_env(plan: Plan, environ: Mapping[str, str]) -> dict[str, str]:
     """Orch's environment + the plan's env + the secret variables the engine reads."""
     env = dict(environ)
     env.update(plan.env)
-    source = plan.profile.secrets.api_key_env
+    key = api_key(plan.profile, environ) if plan.secret_env else None
     for name in plan.secret_env:
-        if source and source in environ:
-            env[name] = environ[source]
+        if key:
+            env[name] = key
     return env
 
 
-def supported_flags(binary: str) -> set[str]:
+def supported_flags(binary: str) -> frozenset[str]:
     """Flags ``BINARY --help`` mentions."""
     try:
         done = subprocess.run(
@@ -108,15 +161,59 @@ def supported_flags(binary: str) -> set[str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PreflightError(f"{binary} --help failed: {exc}") from None
     text = (done.stdout + done.stderr).decode(errors="replace")
-    return set(_FLAG.findall(text))
+    return frozenset(_FLAG.findall(text))
+
+
+def flag_cache_path(settings: Settings, image_id: str) -> Path:
+    """Where the flag set of the image with this ID is cached."""
+    return settings.state_dir / "cache" / "engine-flags" / f"{image_id.replace(':', '-')}.json"
+
+
+def image_flags(settings: Settings, image: podman_rt.ImageInfo) -> tuple[frozenset[str], bool]:
+    """Flags the image's entrypoint lists in ``--help``, and whether they came from the cache.
+
+    The first call per image ID runs a throwaway container and caches the set under the state
+    dir; a rebuilt image has a new ID and is read afresh. A cache that cannot be written only
+    costs the container start next time.
+    """
+    path = flag_cache_path(settings, image.id)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(path.read_text())
+        if data["version"] == FLAG_CACHE_VERSION and data["image_id"] == image.id:
+            return frozenset(str(f) for f in data["flags"]), True
+    flags = frozenset(_FLAG.findall(podman_rt.engine_help(settings.podman_binary, image)))
+    record = {
+        "version": FLAG_CACHE_VERSION,
+        "image_id": image.id,
+        "entrypoint": list(image.entrypoint),
+        "flags": sorted(flags),
+    }
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".flags.", suffix=".tmp")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(record, out, indent=1)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return flags, False
 
 
 def preflight(
-    plan: Plan, resolved: ResolvedProfile, settings: Settings, *, check_memory: bool = True
+    plan: Plan,
+    resolved: ResolvedProfile,
+    settings: Settings,
+    *,
+    check_memory: bool = True,
+    check_resources: bool = True,
 ) -> list[str]:
     """Everything checkable before launch; raises PreflightError, returns notes.
 
     ``check_memory=False`` skips the free RAM/VRAM check (files and port are still checked).
+    ``check_resources=False`` skips the port and memory, which instances about to be stopped
+    may hold: ``up --replace`` checks everything else before it stops anything.
     """
     profile = plan.profile
     engine = profile.engine
@@ -127,12 +224,39 @@ def preflight(
     if isinstance(profile.runtime, PodmanRuntime):
         if shutil.which(settings.podman_binary) is None:
             raise PreflightError(f"{plan.name}: {settings.podman_binary} is not installed")
-        if not podman_rt.image_exists(settings.podman_binary, profile.runtime.image):
+        image = profile.runtime.image
+        info = podman_rt.inspect_image(settings.podman_binary, image)
+        if info is None:
             problems.append(
-                f"image {profile.runtime.image} is not present locally "
+                f"image {image} is not present locally "
                 "(build it, e.g. scripts/build-image.sh, or podman pull it)"
             )
-        notes.append("flag check skipped for podman (it would need a container start)")
+        elif not isinstance(engine, LlamaEngine):
+            notes.append("flag check skipped for vLLM (its --help imports torch)")
+        elif not info.entrypoint:
+            problems.append(
+                f"image {image} has no entrypoint; orch passes the engine arguments to it, "
+                "so it must be llama-server"
+            )
+        else:
+            start = time.perf_counter()
+            try:
+                supported, cached = image_flags(settings, info)
+            except PreflightError as exc:
+                problems.append(f"cannot list the flags of image {image}: {exc}")
+                supported, cached = frozenset(plan.engine_flags), True
+            unknown = [f for f in plan.engine_flags if f not in supported]
+            if unknown:
+                problems.append(
+                    f"image {image} ({' '.join(info.entrypoint)}) does not support "
+                    f"{', '.join(unknown)} (per its --help); check engine.version and "
+                    "runtime.image"
+                )
+            elif not cached:
+                notes.append(
+                    f"engine flags read from {image} in {time.perf_counter() - start:.2f} s "
+                    f"(podman run --help), cached for image {info.id[:12]}"
+                )
     else:
         binary = shutil.which(engine.binary)
         if binary is None:
@@ -147,17 +271,19 @@ def preflight(
                 )
         else:
             notes.append("flag check skipped for vLLM (its --help imports torch)")
-    secrets = profile.secrets
-    if secrets.api_key_env and secrets.api_key_env not in os.environ:
-        problems.append(f"secrets.api_key_env: ${secrets.api_key_env} is not set")
-    if secrets.api_key_file and not Path(secrets.api_key_file).expanduser().is_file():
-        problems.append(f"secrets.api_key_file: {secrets.api_key_file} does not exist")
-    for problem in live_problems(plan, resolved, probe_host()):
+    problems.extend(secret_problems(profile, os.environ))
+    problems.extend(file_problems(resolved))
+    ignored: list[str] = []
+    found = resource_problems(plan, resolved, probe_host()) if check_resources else []
+    for problem in found:
         device = problem.split(":", 1)[0]
         if not check_memory and (device == "CPU" or device.startswith("CUDA")):
-            notes.append(f"memory check skipped: {problem}")
+            ignored.append(f"ignored: {problem}")
         else:
             problems.append(problem)
+    if not check_memory and check_resources:
+        notes.append("free RAM/VRAM check skipped (--skip-memory-check)")
+        notes.extend(ignored)
     if problems:
         raise PreflightError(f"{plan.name}: cannot start here:\n  " + "\n  ".join(problems))
     return notes

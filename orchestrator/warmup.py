@@ -1,15 +1,23 @@
 """Warm-up and benchmark requests against ``/v1/chat/completions``.
 
-Figures come from llama-server's ``timings`` object when present (prompt_ms,
-prompt_per_second, predicted_per_second); otherwise from the wall clock and ``usage``.
+llama-server: one non-streamed request; the figures are its own ``timings`` object
+(prompt_ms, prompt_per_second, predicted_per_second).
+
+vLLM reports no timings, so its requests are streamed (``"stream": true`` with
+``stream_options.include_usage``) and orch times the server-sent events itself: TTFT is the
+arrival of the first chunk carrying generated text, prompt tok/s is prompt_tokens / TTFT and
+generation tok/s is (completion_tokens - 1) / (last token - first token), with the token
+counts from the final ``usage`` chunk.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,7 +40,7 @@ class RequestStats:
     gen_tps: float
     wall_s: float
     source: str
-    """``timings`` (engine-reported) or ``wall-clock``."""
+    """``timings`` (engine-reported) or ``wall-clock`` (orch's clock; streamed for vLLM)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -104,16 +112,155 @@ def chat(
     )
 
 
+def _sse_data(response: http.client.HTTPResponse) -> Iterator[tuple[float, bytes]]:
+    """(arrival time, payload) of each ``data:`` line of a server-sent event stream."""
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        now = time.perf_counter()
+        if line.startswith(b"data:"):
+            yield now, line[5:].strip()
+
+
+def _has_text(delta: dict[str, Any]) -> bool:
+    """Whether a streamed delta carries generated output (answer, reasoning or tool call)."""
+    return bool(
+        delta.get("content")
+        or delta.get("reasoning_content")
+        or delta.get("reasoning")
+        or delta.get("tool_calls")
+    )
+
+
+def chat_streamed(
+    endpoint: str,
+    messages: list[dict[str, str]],
+    *,
+    max_tokens: int,
+    model: str,
+    api_key: str | None = None,
+    extra: dict[str, Any] | None = None,
+    timeout: float = 300.0,
+) -> RequestStats:
+    """One streamed chat completion, timed by the arrival of its chunks (vLLM).
+
+    ``timeout`` bounds each read, not the whole stream.
+
+    Raises:
+        LaunchError: The server answered with an error, broke off the stream, or did not answer.
+    """
+    url = f"{endpoint}/v1/chat/completions"
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    body.update(extra or {})
+    split = urllib.parse.urlsplit(endpoint)
+    headers = {
+        "Connection": "close",
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+    }
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    conn = http.client.HTTPConnection(
+        split.hostname or "127.0.0.1", split.port or 80, timeout=timeout
+    )
+    first: float | None = None
+    last: float | None = None
+    text_chunks = 0
+    usage: dict[str, Any] = {}
+    done = False
+    start = time.perf_counter()
+    try:
+        conn.request(
+            "POST", split.path.rstrip("/") + "/v1/chat/completions", json.dumps(body), headers
+        )
+        response = conn.getresponse()
+        if response.status != 200:
+            data = response.read()
+            raise LaunchError(
+                f"{url}: HTTP {response.status}: {data[:300].decode(errors='replace')}"
+            )
+        for now, payload in _sse_data(response):
+            if payload == b"[DONE]":
+                done = True
+                break
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                raise LaunchError(f"{url}: not a JSON event: {payload[:200]!r}") from None
+            if not isinstance(event, dict):
+                raise LaunchError(f"{url}: not a JSON object: {payload[:200]!r}")
+            if "error" in event or event.get("object") == "error":
+                raise LaunchError(
+                    f"{url}: error in stream: {payload[:300].decode(errors='replace')}"
+                )
+            if isinstance(event.get("usage"), dict):
+                usage = event["usage"]
+            choices = event.get("choices") or []
+            if not choices:
+                continue
+            last = now
+            delta = choices[0].get("delta") or {}
+            if _has_text(delta):
+                text_chunks += 1
+                if first is None:
+                    first = now
+    except (OSError, http.client.HTTPException) as exc:
+        raise LaunchError(f"{url}: no answer ({exc or type(exc).__name__})") from None
+    finally:
+        conn.close()
+    wall = time.perf_counter() - start
+    if not done:
+        raise LaunchError(f"{url}: the stream ended without data: [DONE]")
+    token_at = first if first is not None else last if last is not None else start + wall
+    ttft = token_at - start
+    prompt_tokens = int(usage.get("prompt_tokens", 0))
+    completion = int(usage.get("completion_tokens", text_chunks))
+    span = (last - first) if first is not None and last is not None else 0.0
+    return RequestStats(
+        ttft_s=ttft,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        prompt_tps=prompt_tokens / ttft if ttft > 0 else 0.0,
+        gen_tps=(completion - 1) / span if completion > 1 and span > 0 else 0.0,
+        wall_s=wall,
+        source="wall-clock",
+    )
+
+
+Measure = Callable[..., RequestStats]
+
+
+def _measure(llama: bool) -> Measure:
+    """llama-server reports its own timings; vLLM is timed from the stream."""
+    return chat if llama else chat_streamed
+
+
 def warm_up(
-    endpoint: str, warmup: Warmup, *, model: str, api_key: str | None = None
+    endpoint: str,
+    warmup: Warmup,
+    *,
+    model: str,
+    api_key: str | None = None,
+    llama: bool = True,
 ) -> list[RequestStats]:
-    """``warmup.requests`` requests with the fixed system prompt (primes the prompt cache)."""
+    """``warmup.requests`` requests with the fixed system prompt (primes the prompt cache).
+
+    ``llama=False`` (vLLM): streamed requests, timed by orch.
+    """
     messages = [
         {"role": "system", "content": warmup.system_prompt},
         {"role": "user", "content": warmup.prompt},
     ]
+    measure = _measure(llama)
     return [
-        chat(endpoint, messages, max_tokens=warmup.max_tokens, model=model, api_key=api_key)
+        measure(endpoint, messages, max_tokens=warmup.max_tokens, model=model, api_key=api_key)
         for _ in range(warmup.requests)
     ]
 
@@ -185,10 +332,11 @@ def bench(
     """``runs`` requests per prompt size; prefill and generation tok/s spread per size."""
     extra: dict[str, Any] = {"cache_prompt": False, "ignore_eos": True} if llama else {}
     ratio = tokens_per_word(endpoint, api_key) if llama else 1.0
+    measure = _measure(llama)
     rows = []
     for size in prompt_tokens:
         stats = [
-            chat(
+            measure(
                 endpoint,
                 [{"role": "user", "content": bench_prompt(size, run, ratio)}],
                 max_tokens=max_tokens,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import CONTAINERS_CONF, OrchEnv, free_port
+from tests.test_lifecycle_process import _slots_processing
 
 GRACE_S = 10.0
 
@@ -22,6 +26,16 @@ def _containers(name: str) -> list[str]:
     out = _podman("ps", "-a", "--filter", f"label=orch.profile={name}", "--format", "{{.Names}}")
     assert out.returncode == 0, out.stderr
     return [line for line in out.stdout.splitlines() if line]
+
+
+def _podman_services(state: Path) -> list[int]:
+    """`podman system service` processes orch started for this test's state dir."""
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "service" in cmd and any(str(state) in c for c in cmd):
+            out.append(proc.pid)
+    return out
 
 
 def _runtime(image: str) -> str:
@@ -116,3 +130,38 @@ def test_container_exits_during_load(orch_env: OrchEnv, podman_image: str, tiny_
     assert "cause: unknown or invalid argument" in up.stderr
     assert _containers("pc") == []
     assert orch_env.record("pc") is None
+
+
+def test_sigterm_during_warmup_removes_container(
+    orch_env: OrchEnv, podman_image: str, tiny_gguf: Path
+) -> None:
+    port = free_port()
+    orch_env.llama_profile(
+        "pc", model=tiny_gguf, binary="llama-server", port=port, runtime=_runtime(podman_image)
+    )
+    text = (orch_env.profiles / "models" / "pc.toml").read_text()
+    orch_env.write_profile(
+        "pc", text.replace("requests = 2\nmax_tokens = 8", "requests = 200\nmax_tokens = 64")
+    )
+    proc = orch_env.popen("up", "pc")
+    deadline = time.monotonic() + 60
+    warming = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if orch_env.record("pc") and _slots_processing(port):
+            warming = True
+            break
+        time.sleep(0.05)
+    assert warming, "never saw warm-up requests"
+    assert _containers("pc") == ["orch-pc"]
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - start
+    print(f"\n[measured] podman: SIGTERM during warm-up → container removed, exit: {took:.2f} s")
+    assert proc.returncode == 143, out + err
+    assert "orch: pc: SIGTERM: stopped what was started" in err
+    assert "Traceback" not in err
+    assert _containers("pc") == []
+    assert orch_env.record("pc") is None
+    assert "listening on" in (orch_env.state / "logs" / "pc.log").read_text()  # output kept
+    assert _podman_services(orch_env.state) == []

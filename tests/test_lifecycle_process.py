@@ -40,6 +40,17 @@ def _engine_pids(binary: Path | str) -> set[int]:
     return out
 
 
+def _engines_on(port: int) -> list[int]:
+    """Live processes with ``--port PORT`` in their command line: engines of this test only."""
+    out = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and "--port" in cmd:
+            if cmd[cmd.index("--port") + 1 :][:1] == [str(port)]:
+                out.append(proc.pid)
+    return out
+
+
 def test_up_status_bench_down(
     orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
 ) -> None:
@@ -118,6 +129,24 @@ def test_changed_profile_needs_replace(
     assert new_pid != old_pid and not _pid_running(old_pid)
     assert orch_env.run("down", "t").returncode == 0
     _nothing_left(orch_env, "t", new_pid)
+
+
+def test_replace_with_a_broken_profile_keeps_the_running_one(
+    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    orch_env.llama_profile("t", model=tiny_gguf, binary=llama_server_binary, port=port, warmup=0)
+    assert orch_env.run("up", "t").returncode == 0
+    old_pid = int(str(orch_env.record("t")["pid"]))  # type: ignore[index]
+    missing = tmp_path / "moved.gguf"
+    orch_env.llama_profile("t", model=missing, binary=llama_server_binary, port=port, warmup=0)
+    refused = orch_env.run("up", "t", "--replace")
+    assert refused.returncode == 4
+    assert f"model file missing: {missing}" in refused.stderr
+    assert "stopping" not in refused.stdout  # checked before anything was stopped
+    assert _pid_running(old_pid) and orch_env.record("t") is not None
+    assert orch_env.run("down", "t").returncode == 0
+    _nothing_left(orch_env, "t", old_pid)
 
 
 def test_model_file_missing(orch_env: OrchEnv, llama_server_binary: Path, tmp_path: Path) -> None:

@@ -65,14 +65,20 @@ def register(commands: Any) -> None:
         "  orch up demo --foreground    (as a systemd Type=notify service)",
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--replace", action="store_true", help="stop a running instance that differs")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="stop a running instance that differs, and instances it cannot share a GPU with "
+        "(needs_whole_gpu)",
+    )
     p.add_argument("--foreground", action="store_true", help="stay and supervise until SIGTERM")
     p.add_argument("--timeout", type=float, help="seconds to wait for ready (default: the plan's)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up requests")
     p.add_argument(
         "--skip-memory-check",
         action="store_true",
-        help="do not check free RAM/VRAM on this machine (files and port still are)",
+        help="skip the free RAM/VRAM check on this machine, saying so (files, port, engine "
+        "flags and secrets are still checked)",
     )
     p.set_defaults(handler=cmd_up)
 
@@ -92,7 +98,12 @@ def register(commands: Any) -> None:
 
     p = commands.add_parser("logs", help="an instance's engine output")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new output as it comes, until the engine stops or Ctrl-C/SIGTERM",
+    )
     p.add_argument("-n", "--lines", type=int, default=50, help="lines of history (default 50)")
     p.set_defaults(handler=cmd_logs)
 
@@ -157,6 +168,23 @@ def _gpu_holders(store: StateStore, runtimes: instances.Runtimes, plan: Plan) ->
         if runtimes.attach(record).alive():
             out.append(record)
     return out
+
+
+def _holders_message(plan: Plan, holders: list[Record]) -> str:
+    """Why ``plan`` cannot start next to ``holders``, naming each one and the way out."""
+    mine = set(instances.gpu_indices(plan))
+    shared = sorted({g for h in holders for g in h.gpus if g in mine})
+    names = " ".join(h.name for h in holders)
+    if plan.profile.needs_whole_gpu:
+        users = ", ".join(h.name for h in holders)
+        why = f"{plan.name} needs the whole GPU (needs_whole_gpu) and it is in use by {users}"
+    else:
+        whole = ", ".join(h.name for h in holders if h.needs_whole_gpu)
+        why = f"{whole} holds it whole (needs_whole_gpu)"
+    return (
+        f"{plan.name}: cannot start on GPU {', '.join(map(str, shared))}: {why}; "
+        f"stop it with `orch down {names}`, or pass --replace to stop it and start {plan.name}"
+    )
 
 
 def _stop_record(
@@ -230,6 +258,9 @@ def _up_locked(
     name = plan.name
     with store.lock(name):
         existing = store.load(name)
+        if args.replace:
+            # what can be checked while the instances to replace still run, before any stops
+            instances.preflight(plan, resolved, app.settings, check_resources=False)
         if existing is not None:
             old = runtimes.attach(existing)
             if old.alive():
@@ -247,12 +278,10 @@ def _up_locked(
                     )
                 console.print(f"{name}: stopping {old.describe()} to replace it", markup=False)
             _stop_record(store, runtimes, existing, STOP_GRACE_S)
-        for holder in _gpu_holders(store, runtimes, plan):
-            if not args.replace:
-                raise PreflightError(
-                    f"{name}: GPU(s) {', '.join(map(str, holder.gpus))} held by {holder.name} "
-                    f"(needs_whole_gpu); `orch down {holder.name}` or pass --replace"
-                )
+        holders = _gpu_holders(store, runtimes, plan)
+        if holders and not args.replace:
+            raise PreflightError(_holders_message(plan, holders))
+        for holder in holders:
             console.print(f"{name}: stopping {holder.name} (holds the GPU)", markup=False)
             _stop_record(store, runtimes, holder, STOP_GRACE_S)
         for note in instances.preflight(
@@ -297,6 +326,7 @@ def _up_locked(
                     plan.profile.warmup,
                     model=instances.model_name(plan),
                     api_key=key,
+                    llama=isinstance(engine, LlamaEngine),
                 )
         except BaseException:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -550,44 +580,65 @@ def cmd_ps(args: argparse.Namespace, app: App, console: Console) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, app: App, console: Console) -> int:
-    """Print (and follow) an instance's output."""
+    """Print (and follow) an instance's output; Ctrl-C or SIGTERM ends following (exit 0)."""
     store = _store(app)
+    lines = max(int(args.lines), 0)
     record = store.load(args.name)
     log_path = store.log_path(args.name)
-    if record is None:
-        if not log_path.exists():
-            raise NotRunningError(f"{args.name}: no record and no log at {log_path}")
-        for line in process_rt.tail_file(log_path, args.lines):
-            sys.stdout.write(line + "\n")
-        return 0
-    with contextlib.ExitStack() as stack:
-        runtimes = instances.Runtimes(app.settings, stack)
-        handle = runtimes.attach(record)
-        if isinstance(handle, podman_rt.ContainerHandle) and handle.exists():
-            if args.follow:
-                for chunk in handle.follow():
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+    if record is None and not log_path.exists():
+        raise NotRunningError(f"{args.name}: no record and no log at {log_path}")
+    try:
+        with _sigterm_raises(), contextlib.ExitStack() as stack:
+            if record is None:
+                _write_lines(process_rt.tail_file(log_path, lines) if lines else [])
                 return 0
-            for line in handle.log_tail(args.lines):
-                sys.stdout.write(line + "\n")
-            return 0
-        for line in process_rt.tail_file(Path(record.log_path), args.lines):
-            sys.stdout.write(line + "\n")
-        if args.follow:
-            _follow_file(Path(record.log_path), handle)
+            handle = instances.Runtimes(app.settings, stack).attach(record)
+            if isinstance(handle, podman_rt.ContainerHandle) and handle.exists():
+                if args.follow:
+                    for chunk in handle.follow(lines):
+                        _write_chunk(chunk)
+                else:
+                    _write_lines(handle.log_tail(lines) if lines else [])
+            elif args.follow:
+                _follow_file(Path(record.log_path), lines, handle)
+            else:
+                _write_lines(process_rt.tail_file(Path(record.log_path), lines) if lines else [])
+    except (Terminated, KeyboardInterrupt):
+        pass  # the way to stop following; the podman service (if any) is closed by now
+    except BrokenPipeError:
+        # The reader went away (`orch logs NAME -f | head`): stop quietly, and keep the
+        # interpreter's final flush from failing on the closed pipe.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
-def _follow_file(path: Path, handle: Handle) -> None:
+def _write_lines(lines: list[str]) -> None:
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
+def _write_chunk(chunk: bytes) -> None:
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+
+
+def _follow_file(path: Path, lines: int, handle: Handle) -> None:
+    """The last ``lines`` lines, then whatever the engine appends, until it stops.
+
+    History and new output come from one open file, so no line falls between them.
+    """
     with path.open("rb") as fh:
-        fh.seek(0, os.SEEK_END)
+        end = fh.seek(0, os.SEEK_END)
+        fh.seek(max(end - 64 * 1024, 0))
+        history = fh.read(end - fh.tell()).splitlines(keepends=True)
+        _write_chunk(b"".join(history[-lines:] if lines else []))
         while True:
             chunk = fh.read()
             if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                _write_chunk(chunk)
             elif not handle.alive():
+                _write_chunk(fh.read())  # what it wrote just before exiting
                 return
             else:
                 time.sleep(0.2)

@@ -304,6 +304,12 @@ class Catalog:
             profile = profile.model_copy(
                 update={"model": profile.model.model_copy(update={"path": expanded})}
             )
+        key_file = profile.secrets.api_key_file
+        if key_file and key_file.startswith("~"):
+            secrets = profile.secrets.model_copy(
+                update={"api_key_file": str(Path(key_file).expanduser())}
+            )
+            profile = profile.model_copy(update={"secrets": secrets})
         architecture = self.architecture(profile.architecture, source)
         hardware = self.hardware(profile.hardware, source)
         resolved = ResolvedProfile(name, source, profile, architecture, hardware, profile.hardware)

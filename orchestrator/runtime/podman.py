@@ -8,14 +8,17 @@ answers, else a short-lived ``podman system service`` that orch starts and remov
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from podman import PodmanClient
+from podman.api import stream_frames
 from podman.errors import APIError, NotFound
 
 from orchestrator.errors import LaunchError, PreflightError
@@ -164,11 +167,27 @@ class ContainerHandle:
             return []
         return data.decode(errors="replace").splitlines()[-lines:]
 
-    def follow(self) -> Iterator[bytes]:
-        """Stream output until the container stops."""
-        container = self.client.containers.get(self.id)
-        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
-            yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
+    def follow(self, lines: int) -> Iterator[bytes]:
+        """The last ``lines`` lines, then new output, until the container stops.
+
+        One streaming request with ``tail``, so nothing is missed or repeated between history
+        and new output; with no read timeout, as the client's short one would end a quiet stream.
+        """
+        try:
+            response = self.client.api.get(
+                f"/containers/{self.id}/logs",
+                params={"follow": True, "stdout": True, "stderr": True, "tail": lines},
+                stream=True,
+                timeout=(10.0, None),
+            )
+            response.raise_for_status()
+        except NotFound:
+            return  # removed meanwhile: nothing left to follow
+        try:
+            for frame in stream_frames(response):
+                yield frame if isinstance(frame, bytes) else str(frame).encode()
+        finally:
+            response.close()
 
     def describe(self) -> str:
         """``container NAME (ID12)``."""
@@ -224,11 +243,25 @@ def find(client: PodmanClient, profile: str) -> list[ContainerHandle]:
     return out
 
 
-def image_exists(podman_binary: str, image: str) -> bool:
-    """``podman image exists IMAGE``."""
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``podman image inspect`` says about a local image."""
+
+    id: str
+    """The full image ID (a sha256 hex digest); changes whenever the image is rebuilt."""
+    entrypoint: tuple[str, ...]
+    """The image's ENTRYPOINT: ``podman run IMAGE ARGS`` hands the engine arguments to it."""
+
+
+def inspect_image(podman_binary: str, image: str) -> ImageInfo | None:
+    """``podman image inspect IMAGE``; None when no such image is present locally.
+
+    Raises:
+        PreflightError: If podman cannot be run at all.
+    """
     try:
         done = subprocess.run(
-            [podman_binary, "image", "exists", image],
+            [podman_binary, "image", "inspect", image],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=60,
@@ -236,7 +269,73 @@ def image_exists(podman_binary: str, image: str) -> bool:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PreflightError(f"cannot run {podman_binary}: {exc}") from None
-    return done.returncode == 0
+    if done.returncode != 0:
+        return None
+    try:
+        (attrs,) = json.loads(done.stdout)
+        entrypoint = (attrs.get("Config") or {}).get("Entrypoint") or ()
+        if isinstance(entrypoint, str):
+            entrypoint = (entrypoint,)
+        return ImageInfo(str(attrs["Id"]), tuple(str(a) for a in entrypoint))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise PreflightError(f"podman image inspect {image}: unexpected output") from None
+
+
+HELP_TIMEOUT_S = 120.0
+"""Limit for the throwaway ``--help`` container (start-up on a loaded host included)."""
+
+
+def engine_help(podman_binary: str, image: ImageInfo, *, timeout: float = HELP_TIMEOUT_S) -> str:
+    """The output of the image's entrypoint run with ``--help``, in a throwaway container.
+
+    ``podman run --rm --network none --pull never --entrypoint ENTRYPOINT IMAGE-ID --help``:
+    run by ID so the text belongs to exactly the image inspected, no network, nothing kept.
+
+    Raises:
+        PreflightError: If the container cannot run or the command exits non-zero.
+    """
+    entrypoint = image.entrypoint[0] if len(image.entrypoint) == 1 else json.dumps(image.entrypoint)
+    name = f"orch-flags-{image.id[:12]}-{os.getpid()}"
+    argv = [
+        podman_binary,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--pull",
+        "never",
+        "--name",
+        name,
+        "--entrypoint",
+        entrypoint,
+        image.id,
+        "--help",
+    ]
+    try:
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
+    except OSError as exc:
+        raise PreflightError(f"cannot run {podman_binary}: {exc.strerror or exc}") from None
+    except subprocess.TimeoutExpired:
+        subprocess.run(
+            [podman_binary, "rm", "--force", "--ignore", name],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        raise PreflightError(
+            f"{' '.join(image.entrypoint)} --help in image {image.id[:12]} "
+            f"did not finish in {timeout:.0f} s"
+        ) from None
+    if done.returncode != 0:
+        err = (done.stderr or done.stdout).decode(errors="replace").strip()
+        raise PreflightError(
+            f"{' '.join(image.entrypoint)} --help in image {image.id[:12]} "
+            f"exited {done.returncode}: {err[-500:]}"
+        )
+    return (done.stdout + done.stderr).decode(errors="replace")
 
 
 def launch(

@@ -1,0 +1,186 @@
+"""`orch logs NAME -f`: history, then new engine output as it is written, until stopped.
+
+Real llama-server (as a process and in podman). A chat request makes the engine log its
+slot lines; the follower must print them while it runs, with its stdout a pipe and Python's
+normal block buffering (PYTHONUNBUFFERED unset, as for a user), and end cleanly on SIGINT,
+SIGTERM, or when the engine stops.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from orchestrator.health import request
+from tests.conftest import OrchEnv, free_port
+from tests.test_lifecycle_podman import _containers, _podman_services, _runtime
+
+REQUEST_DONE = "stop processing"
+"""llama-server's line when a request's slot is released."""
+
+
+class Follower:
+    """``orch logs NAME -f`` as a child, its stdout read line by line in a thread."""
+
+    def __init__(self, orch: OrchEnv, *args: str) -> None:
+        self.proc = orch.popen("logs", *args)
+        self.lines: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def text(self) -> list[str]:
+        with self._cond:
+            return [line for _, line in self.lines]
+
+    def wait_for(self, needle: str, timeout: float) -> float:
+        """When a line containing ``needle`` arrived (fails after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for at, line in self.lines:
+                    if needle in line:
+                        return at
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._thread.is_alive()):
+                    break
+                self._cond.wait(min(left, 0.1))
+        raise AssertionError(
+            f"no line with {needle!r} after {timeout} s (exit {self.proc.poll()}):\n"
+            + "\n".join(self.text()[-20:])
+        )
+
+    def stop(self, sig: signal.Signals, timeout: float = 30) -> tuple[int, str]:
+        """Send ``sig``; the exit status and stderr."""
+        self.proc.send_signal(sig)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        """Wait for the exit; the exit status and stderr."""
+        code = self.proc.wait(timeout=timeout)
+        self._thread.join(timeout=5)
+        assert self.proc.stderr is not None
+        return code, self.proc.stderr.read()
+
+
+def _chat(port: int) -> float:
+    """One small chat completion; when it returned."""
+    code, body = request(
+        f"http://127.0.0.1:{port}",
+        "/v1/chat/completions",
+        method="POST",
+        body={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=30,
+    )
+    assert code == 200, body[:200]
+    return time.monotonic()
+
+
+def _user_env(orch: OrchEnv) -> None:
+    # Pipes are block-buffered for a user's orch; the test runner's environment may say not.
+    orch.env.pop("PYTHONUNBUFFERED", None)
+
+
+def test_follow_process_logs(orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path) -> None:
+    _user_env(orch_env)
+    port = free_port()
+    orch_env.llama_profile("t", model=tiny_gguf, binary=llama_server_binary, port=port, warmup=0)
+    up = orch_env.run("up", "t")
+    assert up.returncode == 0, up.stdout + up.stderr
+    pid = int(str((orch_env.record("t") or {})["pid"]))
+    log = (orch_env.state / "logs" / "t.log").read_text().splitlines()
+
+    follower = Follower(orch_env, "t", "-f", "-n", "5")
+    follower.wait_for(log[-1], timeout=15)  # history shows before the engine writes again
+    assert follower.text() == log[-5:]
+    done = _chat(port)
+    seen = follower.wait_for(REQUEST_DONE, timeout=15)
+    print(
+        f"\n[measured] process logs -f: request line printed {seen - done:+.2f} s after the reply"
+    )
+    code, err = follower.stop(signal.SIGINT)
+    assert code == 0 and err == "", err
+
+    follower = Follower(orch_env, "t", "-f", "-n", "1")
+    follower.wait_for(REQUEST_DONE, timeout=15)
+    code, err = follower.stop(signal.SIGTERM)
+    assert code == 0 and err == "", err
+    assert psutil.pid_exists(pid)  # following changed nothing
+
+    # A reader that goes away (`orch logs t -f | head -1`) ends it quietly at the next line.
+    piped = orch_env.popen("logs", "t", "-f", "-n", "1")
+    assert piped.stdout is not None and piped.stdout.readline()
+    piped.stdout.close()
+    _chat(port)
+    assert piped.wait(timeout=15) == 0
+    assert piped.stderr is not None and piped.stderr.read() == ""
+
+    # The engine stopping ends the follow, after its last words: no line missed or repeated.
+    before = (orch_env.state / "logs" / "t.log").read_text().splitlines()
+    follower = Follower(orch_env, "t", "-f", "-n", "0")
+    time.sleep(0.5)
+    assert follower.text() == []
+    assert orch_env.run("down", "t").returncode == 0
+    code, err = follower.finish(timeout=15)
+    assert code == 0 and err == "", err
+    final = (orch_env.state / "logs" / "t.log").read_text().splitlines()
+    assert len(final) > len(before)
+    assert follower.text() == final[len(before) :]
+
+
+def test_follow_container_logs(orch_env: OrchEnv, podman_image: str, tiny_gguf: Path) -> None:
+    _user_env(orch_env)
+    port = free_port()
+    orch_env.llama_profile(
+        "pc",
+        model=tiny_gguf,
+        binary="llama-server",
+        port=port,
+        runtime=_runtime(podman_image),
+        warmup=0,
+    )
+    up = orch_env.run("up", "pc")
+    assert up.returncode == 0, up.stdout + up.stderr
+    follower = Follower(orch_env, "pc", "-f", "-n", "3")
+    follower.wait_for("", timeout=30)
+    time.sleep(3)  # quiet for longer than the API client's read timeout
+    assert follower.proc.poll() is None, follower.finish()
+    # Only -n entries of history (podman counts partial lines as entries: at most 3 lines).
+    history = follower.text()
+    assert 1 <= len(history) <= 3 and not any("loading model" in line for line in history)
+    done = _chat(port)
+    seen = follower.wait_for(REQUEST_DONE, timeout=15)
+    print(f"\n[measured] podman logs -f: request line printed {seen - done:+.2f} s after the reply")
+    code, err = follower.stop(signal.SIGTERM)
+    assert code == 0 and err == "", err
+    assert _podman_services(orch_env.state) == []  # its private API service is gone too
+
+    follower = Follower(orch_env, "pc", "-f", "-n", "1")
+    follower.wait_for("", timeout=30)
+    code, err = follower.stop(signal.SIGINT)
+    assert code == 0 and err == "", err
+
+    follower = Follower(orch_env, "pc", "-f", "-n", "0")
+    time.sleep(1)
+    assert follower.text() == []
+    assert orch_env.run("down", "pc").returncode == 0
+    code, err = follower.finish(timeout=30)
+    assert code == 0 and err == "", err
+    assert _containers("pc") == []
+    deadline = time.monotonic() + 10
+    while _podman_services(orch_env.state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _podman_services(orch_env.state) == []

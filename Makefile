@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model demo down check lint types test fmt golden bench-plan bench-memory clean
+.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory clean
 
 setup: system venv llama-server demo-model image
 
@@ -30,6 +30,10 @@ image: llama-server
 demo-model: venv
 	@test -f $(DEMO_MODEL) || $(PY) -m orchestrator.synthetic --spec tiny-dense --out $(DEMO_MODEL)
 
+# vLLM's own `vllm serve` argument parser (CPU-only, ~2.2 GB) in .venv-vllm, for tests/test_vllm_args.py.
+vllm-argparser:
+	@py=$$(bash scripts/install-vllm-argparser.sh) && echo "vllm-argparser: $$py"
+
 demo: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) validate
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) plan --dry-run
@@ -39,7 +43,7 @@ demo: setup
 down:
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(ORCH) down demo
 
-check: setup lint types test
+check: setup vllm-argparser lint types test
 
 lint: venv
 	.venv/bin/ruff check orchestrator tests benchmarks
@@ -48,7 +52,7 @@ lint: venv
 types: venv
 	.venv/bin/mypy
 
-test: setup
+test: setup vllm-argparser
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q
 
 fmt: venv
@@ -65,4 +69,4 @@ bench-memory: venv
 	$(PY) benchmarks/bench_memory.py
 
 clean:
-	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .venv-vllm .mypy_cache .ruff_cache .pytest_cache

@@ -62,6 +62,7 @@ LLAMA_ALIASES: dict[str, tuple[str, ...]] = {
     "--tensor-split": ("-ts",),
     "--split-mode": ("-sm",),
     "--main-gpu": ("-mg",),
+    "--device": ("-dev",),
     "--kv-unified": ("-kvu",),
     "--cache-ram": ("-cram",),
     "--load-mode": ("-lm",),

@@ -301,7 +301,16 @@ def build_plan(
         ot = ""
         if is_podman:
             warnings.append("vLLM in podman: the image must provide `vllm` as its entrypoint")
+    # profile.gpus restricts the engine itself, not only orch's budget
+    allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
+    devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
+    if devices and is_podman and isinstance(engine, VllmEngine):
+        warnings.append(
+            "gpus: vLLM in podman uses every GPU in runtime.devices; list only "
+            f"{devices} there (e.g. nvidia.com/gpu={devices.removeprefix('CUDA')})"
+        )
     engine_ctx = {
+        "devices": devices,
         "e": engine,
         "caps": caps,
         "bind_host": bind_host,
@@ -351,6 +360,9 @@ def build_plan(
             },
         )
         process_env = runtime_env
+        if isinstance(engine, VllmEngine) and devices:
+            indices = ",".join(name.removeprefix("CUDA") for name in allowed)
+            process_env = {**runtime_env, "CUDA_VISIBLE_DEVICES": indices}
 
     memory, weights_source, model_bytes = estimate(resolved, header)
     device_budgets = budgets(memory, resolved.hardware)

@@ -138,6 +138,7 @@ def estimate(
             tensor_parallel_size=engine.tensor_parallel_size,
             kv_cache_dtype=engine.kv_cache_dtype,
             gpu_vram_mib=tuple(v for _, v in gpus),
+            gpu_names=tuple(name for name, _ in gpus),
         )
         return estimate_vllm(arch, tensors, cfg), source, model_bytes
     return estimate_llama(arch, tensors, llama_config_for(resolved)), source, model_bytes

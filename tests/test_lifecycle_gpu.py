@@ -139,28 +139,52 @@ def test_profile_needing_whole_gpu_refuses_to_join_sharers(
     _nothing_left(orch_env, "w", w)
 
 
-def test_whole_gpus_on_different_gpus_do_not_conflict(
-    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
-) -> None:
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_whole_gpus_on_different_gpus_do_not_conflict(orch_env: OrchEnv) -> None:
+    ports = {}
     for index in (0, 1):
-        _gpu_llama(
-            orch_env,
-            f"g{index}",
-            binary=llama_server_binary,
-            model=tiny_gguf,
-            port=free_port(),
-            whole=True,
-            hardware="epyc9175f-2x-rtxpro6000",
-            gpus=(index,),
+        ports[index] = free_port()
+        text = _vllm_whole(ports[index]).replace(
+            'hardware = "epyc9175f-rtxpro6000"', 'hardware = "epyc9175f-2x-rtxpro6000"'
         )
+        orch_env.write_profile(f"g{index}", f"gpus = [{index}]\n" + text)
         up = orch_env.run("up", f"g{index}", SKIP)
         assert up.returncode == 0, up.stdout + up.stderr
         assert (orch_env.record(f"g{index}") or {})["gpus"] == [index]
     pids = [_running(orch_env, name) for name in ("g0", "g1")]
+    # each engine is restricted to its own GPU, not only orch's bookkeeping
+    assert [_environ(pid).get("CUDA_VISIBLE_DEVICES") for pid in pids] == ["0", "1"]
     down = orch_env.run("down", "g0", "g1")
     assert down.returncode == 0, down.stderr
     for name, pid in zip(("g0", "g1"), pids, strict=True):
         _nothing_left(orch_env, name, pid)
+
+
+def test_llama_server_is_told_its_gpu(
+    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
+) -> None:
+    _gpu_llama(
+        orch_env,
+        "g1",
+        binary=llama_server_binary,
+        model=tiny_gguf,
+        port=free_port(),
+        whole=True,
+        hardware="epyc9175f-2x-rtxpro6000",
+        gpus=(1,),
+    )
+    plan = orch_env.run("plan", "--dry-run", "--json", "g1")
+    argv = json.loads(plan.stdout)["argv"]
+    assert argv[argv.index("--device") + 1] == "CUDA1"
+    # this CPU build has no CUDA1: the engine refuses it, and orch reports why
+    up = orch_env.run("up", "g1", SKIP)
+    assert up.returncode == 5, up.stdout + up.stderr
+    assert "invalid device: CUDA1" in up.stderr
+    _nothing_left(orch_env, "g1")
 
 
 def test_skip_memory_check_says_so_and_still_checks_the_rest(

@@ -29,6 +29,8 @@ class VllmConfig:
     tensor_parallel_size: int
     kv_cache_dtype: str
     gpu_vram_mib: tuple[int, ...]
+    gpu_names: tuple[str, ...] = ()
+    """The GPUs vLLM sees, in order (default CUDA0, CUDA1, ...)."""
 
 
 def kv_bytes_per_token(arch: Architecture, kv_cache_dtype: str) -> int:
@@ -59,7 +61,8 @@ def estimate_vllm(arch: Architecture, tensors: Sequence[Tensor], cfg: VllmConfig
         budget = int(vram * cfg.gpu_memory_utilization)
         pool = max(budget - weights_per_gpu - activation, 0)
         capacities.append(pool // per_token if per_token else 0)
-        devices[f"CUDA{index}"] = DeviceMemory(
+        name = cfg.gpu_names[index] if index < len(cfg.gpu_names) else f"CUDA{index}"
+        devices[name] = DeviceMemory(
             weights=weights_per_gpu, kv=pool, compute=activation, overhead=0
         )
     capacity = min(capacities) if capacities else 0

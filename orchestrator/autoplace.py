@@ -306,14 +306,21 @@ def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacemen
     if considered[0].fits:
         return _pick(considered)
 
-    n_moe = sum(1 for i in range(arch.n_layer) if arch.is_moe_layer(i))
-    if n_moe:
-        k = _smallest(1, n_moe, lambda n: search.gpus_fit({**every, "n_cpu_moe": n}))
-        if k is not None and k < n_moe:
+    moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
+    ik = engine.kind == "ik_llama.cpp"
+    if moe_layers:
+        # upstream counts blocks by index, ik_llama.cpp counts MoE layers; ik shares N out
+        # across several GPUs in a way orch does not model, so it is not offered there
+        top = len(moe_layers) if ik else moe_layers[-1] + 1
+        k = None
+        if not (ik and len(gpus) > 1):
+            k = _smallest(1, top, lambda n: search.gpus_fit({**every, "n_cpu_moe": n}))
+        if k is not None and k < top:
+            which = f"the last {k} MoE layers" if ik else f"blocks 0-{k - 1}"
             considered.append(
                 search.candidate(
                     "n-cpu-moe",
-                    f"experts of {k} of {n_moe} MoE layers in host RAM, the rest on the GPU(s)",
+                    f"experts of {which} in host RAM, the rest on the GPU(s)",
                     {**every, "n_cpu_moe": k},
                 )
             )

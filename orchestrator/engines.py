@@ -24,6 +24,8 @@ class EngineCaps:
     """Upstream: ``-ngl N`` = output layer + last N-1 blocks. ik_llama.cpp: last N blocks."""
     n_cpu_moe_from_end: bool
     """ik_llama.cpp's ``--n-cpu-moe N`` takes the last N MoE layers, upstream the first N."""
+    api_key_env: bool = True
+    """Whether the server reads its API key from ``LLAMA_API_KEY`` (ik_llama.cpp does not)."""
 
 
 def build_number(version: str) -> int | None:
@@ -35,7 +37,7 @@ def build_number(version: str) -> int | None:
 def engine_caps(kind: str, version: str) -> EngineCaps:
     """Capabilities of one engine at one version."""
     if kind == "ik_llama.cpp":
-        return EngineCaps(kind, False, True, True, 8192, 1, False, True)
+        return EngineCaps(kind, False, True, True, 8192, 1, False, True, api_key_env=False)
     if kind == "llama.cpp":
         build = build_number(version)
         new = build is None or build >= LOAD_MODE_SINCE_BUILD

@@ -84,13 +84,17 @@ def api_key(profile: ModelProfile, environ: Mapping[str, str]) -> str | None:
         return environ.get(profile.secrets.api_key_env) or None
     if profile.secrets.api_key_file:
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            return _first_key(Path(profile.secrets.api_key_file).expanduser().read_text())
+            return _first_key(Path(profile.secrets.api_key_file).expanduser().read_bytes().decode())
     return None
 
 
 def _first_key(text: str) -> str | None:
-    for line in text.splitlines():
-        line = line.strip()
+    """The first line llama-server takes as a key: not empty, not a ``#`` comment.
+
+    Lines are not stripped: the engines compare keys byte for byte (``secret_problems``
+    refuses files whose keys carry spaces or a CR, which no client would send).
+    """
+    for line in text.split("\n"):
         if line and not line.startswith("#"):
             return line
     return None
@@ -115,7 +119,7 @@ def secret_problems(profile: ModelProfile, environ: Mapping[str, str]) -> list[s
     if secrets.api_key_file:
         path = Path(secrets.api_key_file).expanduser()
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode()  # not read_text: keep CRs as the engine will
         except FileNotFoundError:
             return [f"secrets.api_key_file: {secrets.api_key_file} does not exist"]
         except (OSError, UnicodeDecodeError) as exc:
@@ -125,6 +129,17 @@ def secret_problems(profile: ModelProfile, environ: Mapping[str, str]) -> list[s
             return [
                 f"secrets.api_key_file: {secrets.api_key_file} holds no key (only blank or # "
                 "lines; the engine would start without authentication)"
+            ]
+        lines = [line for line in text.split("\n") if line]
+        if any(line != line.strip() for line in lines):
+            return [
+                f"secrets.api_key_file: {secrets.api_key_file} has a line with leading or "
+                "trailing whitespace (or CRLF endings); the engine would take it as part of the key"
+            ]
+        if profile.engine.kind == "ik_llama.cpp" and any(ln.startswith("#") for ln in lines):
+            return [
+                f"secrets.api_key_file: {secrets.api_key_file} has a # line, which "
+                "ik_llama.cpp accepts as a key; remove it"
             ]
     return []
 

@@ -286,6 +286,14 @@ def build_plan(
                     f"(engine is {engine.kind})"
                 ],
             )
+        if profile.secrets.api_key_env and not caps.api_key_env:
+            raise ProfileError(
+                resolved.source,
+                [
+                    f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
+                    "server would start without authentication; use secrets.api_key_file"
+                ],
+            )
         if engine.cache_ram_mib is not None and not caps.cache_ram:
             raise ProfileError(
                 resolved.source,
@@ -366,6 +374,8 @@ def build_plan(
 
     memory, weights_source, model_bytes = estimate(resolved, header)
     device_budgets = budgets(memory, resolved.hardware)
+    if auto is not None and auto.chosen is None:
+        device_budgets = _applied(auto).budget  # over budget once auto's GPU margin is kept
     suggestions: list[str] = []
     if isinstance(engine, VllmEngine):
         suggestions = suggest_vllm(resolved, memory)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import statistics
 import time
 import urllib.parse
@@ -298,12 +299,15 @@ class BenchRow:
         return asdict(self)
 
 
-def bench_prompt(tokens: int, run: int, tokens_per_word: float = 1.0) -> str:
-    """About ``tokens`` tokens of filler, unique per run so no prompt cache hits."""
+def bench_prompt(tokens: int, run: int, tokens_per_word: float = 1.0, nonce: str = "") -> str:
+    """About ``tokens`` tokens of filler, unique per run (and per ``nonce``): no cache hits.
+
+    The unique part comes first, so a prefix cache (vLLM's is on by default) matches nothing.
+    """
     words = FILLER.split()
-    count = max(int((tokens - 12) / tokens_per_word), 1)
+    count = max(int((tokens - 16) / tokens_per_word), 1)
     body = " ".join(words[i % len(words)] for i in range(count))
-    return f"run {run}: {body}"
+    return f"{nonce} run {run} of {tokens}: {body}".lstrip()
 
 
 def tokens_per_word(endpoint: str, api_key: str | None = None) -> float:
@@ -330,7 +334,11 @@ def bench(
     llama: bool = True,
 ) -> list[BenchRow]:
     """``runs`` requests per prompt size; prefill and generation tok/s spread per size."""
-    extra: dict[str, Any] = {"cache_prompt": False, "ignore_eos": True} if llama else {}
+    # every request generates max_tokens and reads no cached prefix
+    extra: dict[str, Any] = {"ignore_eos": True}
+    if llama:
+        extra["cache_prompt"] = False
+    nonce = os.urandom(4).hex()
     ratio = tokens_per_word(endpoint, api_key) if llama else 1.0
     measure = _measure(llama)
     rows = []
@@ -338,7 +346,7 @@ def bench(
         stats = [
             measure(
                 endpoint,
-                [{"role": "user", "content": bench_prompt(size, run, ratio)}],
+                [{"role": "user", "content": bench_prompt(size, run, ratio, nonce)}],
                 max_tokens=max_tokens,
                 model=model,
                 api_key=api_key,

@@ -275,3 +275,46 @@ def test_plan_json_lists_alternatives(capsys: pytest.CaptureFixture[str]) -> Non
 def test_manual_profiles_have_no_placement_report() -> None:
     assert plan_of(resolve("qwen35-397b-iq4")).placement is None
     assert isinstance(AutoPlacement(None, ()).to_json(), dict)
+
+
+def test_over_only_by_the_margin_is_not_a_fitting_plan(tmp_path: Path) -> None:
+    """Nothing fits with the margin kept: the plan must not fit either, even if the placement it
+    falls back to would fit without the margin."""
+    resolved = as_auto(resolve("qwen3-coder-next-iq4nl-gpu"))
+    plan = plan_of(resolved)
+    gpu_need = next(b.need for b in plan.budget if b.device == "CUDA0")
+    host_need = next(b.need for b in plan.budget if b.device == CPU)
+    hardware = resolved.hardware
+    capacity_mib = gpu_need / 0.985 / (1 << 20)  # need is 98.5 % of the budget: inside margin
+    vram = int(capacity_mib) + hardware.budget.gpu_headroom_mib + 1
+    ram_gib = (host_need + (64 << 20)) / (1 << 30) + hardware.budget.ram_headroom_gib
+    root = tmp_path / "profiles"
+    shutil.copytree(PROFILES, root)
+    hw = root / "hardware" / "epyc9175f-rtxpro6000.toml"
+    text = hw.read_text().replace("vram_mib = 97887", f"vram_mib = {vram}")
+    hw.write_text(text.replace("ram_gib = 768\n", f"ram_gib = {ram_gib:.4f}\n", 1))
+    tight = plan_of(as_auto(resolve("qwen3-coder-next-iq4nl-gpu", root)))
+    assert tight.placement is not None and tight.placement.chosen is None
+    assert not tight.fits
+    with pytest.raises(BudgetError):
+        require_fit(tight)
+
+
+def test_n_cpu_moe_counts_blocks_upstream_and_moe_layers_in_ik() -> None:
+    from orchestrator.memory.llama import n_cpu_moe_rules
+
+    moe_layers = [1, 3, 5, 7]  # every other block is MoE (Llama 4 Maverick style)
+    upstream = [rule for rule, _ in n_cpu_moe_rules(3, moe_layers, from_end=False)]
+    assert [r.split("\\.")[1] for r in upstream] == ["0", "1", "2"]
+    ik = [rule for rule, _ in n_cpu_moe_rules(2, moe_layers, from_end=True)]
+    assert [r.split("\\.")[1] for r in ik] == ["5", "7"]
+
+
+def test_placement_auto_on_vllm_says_it_changes_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["plan", "--dry-run", "--placement", "auto", "llama4-scout-nvfp4"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "--placement auto applies to llama.cpp engines" in captured.err
+    assert "placement auto: strategies considered" not in captured.out

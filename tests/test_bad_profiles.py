@@ -178,6 +178,11 @@ CASES: list[tuple[str, str, str]] = [
         "engine.extra_args[0]: --api-key would put a secret in the command line (use secrets.api_key_env or secrets.api_key_file)",
     ),
     (
+        "api key variable on ik_llama.cpp",
+        edit('kind = "llama.cpp"', 'kind = "ik_llama.cpp"') + '\n[secrets]\napi_key_env = "K"\n',
+        "secrets.api_key_env: ik_llama.cpp reads no API-key variable, so the server would start without authentication; use secrets.api_key_file",
+    ),
+    (
         "two secret sources",
         GOOD + '\n[secrets]\napi_key_env = "K"\napi_key_file = "/k"\n',
         "secrets.api_key_env: set api_key_env or api_key_file, not both",

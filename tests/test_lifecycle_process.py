@@ -398,3 +398,44 @@ def test_concurrent_up_only_one_launches(
 
 if __name__ == "__main__":
     sys.exit(os.EX_USAGE)
+
+
+def test_logs_follow_without_a_log_file(
+    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
+) -> None:
+    orch_env.llama_profile(
+        "t", model=tiny_gguf, binary=llama_server_binary, port=free_port(), warmup=0
+    )
+    assert orch_env.run("up", "t").returncode == 0
+    record = orch_env.record("t")
+    assert record is not None
+    Path(str(record["log_path"])).unlink()
+    follow = orch_env.run("logs", "t", "-f")
+    assert follow.returncode == 6, follow.stdout + follow.stderr
+    assert "its log" in follow.stderr and "is gone" in follow.stderr
+    assert "Traceback" not in follow.stderr
+    assert orch_env.run("down", "t").returncode == 0
+    _nothing_left(orch_env, "t", int(str(record["pid"])))
+
+
+def test_replace_onto_a_taken_port_keeps_the_running_one(
+    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
+) -> None:
+    orch_env.llama_profile(
+        "t", model=tiny_gguf, binary=llama_server_binary, port=free_port(), warmup=0
+    )
+    assert orch_env.run("up", "t").returncode == 0
+    old_pid = int(str(orch_env.record("t")["pid"]))  # type: ignore[index]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        orch_env.llama_profile(
+            "t", model=tiny_gguf, binary=llama_server_binary, port=taken, warmup=0
+        )
+        refused = orch_env.run("up", "t", "--replace")
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert f"port 127.0.0.1:{taken} is already in use by something --replace" in refused.stderr
+    assert _pid_running(old_pid)
+    assert orch_env.run("down", "t").returncode == 0
+    _nothing_left(orch_env, "t", old_pid)

@@ -157,6 +157,8 @@ def test_unusable_key_is_a_preflight_error(
     port = free_port()
     no_key = tmp_path / "no-key"
     no_key.write_text("# the key goes here\n\n")
+    crlf = tmp_path / "crlf-key"
+    crlf.write_bytes(b"k-123\r\n")
     cases = [
         (f'api_key_env = "{KEY_ENV}"\n', None, f"secrets.api_key_env: ${KEY_ENV} is not set"),
         (
@@ -174,6 +176,11 @@ def test_unusable_key_is_a_preflight_error(
             f'api_key_file = "{no_key}"\n',
             None,
             f"secrets.api_key_file: {no_key} holds no key",
+        ),
+        (
+            f'api_key_file = "{crlf}"\n',
+            None,
+            f"secrets.api_key_file: {crlf} has a line with leading or trailing whitespace",
         ),
         (
             f'api_key_file = "{tmp_path}"\n',
@@ -270,3 +277,20 @@ def test_api_key_file_mounted_in_podman(
     _check_nowhere_on_disk(orch_env, key)  # the saved container log included
     assert _podman("container", "exists", "orch-ps").returncode == 1
     assert orch_env.record("ps") is None
+
+
+def test_ik_key_file_with_a_comment_is_refused(tmp_path: Path) -> None:
+    """ik_llama.cpp takes every non-empty line of --api-key-file as a key, # lines included."""
+    from orchestrator.instances import secret_problems
+    from orchestrator.profiles.loader import Catalog
+    from tests.conftest import PROFILES
+
+    key_file = tmp_path / "key"
+    key_file.write_text("# serving key\nk-123\n")
+    for name, refused in (("qwen35-397b-iq4", True), ("qwen3-coder-next-bf16-cpu", False)):
+        profile = Catalog(PROFILES).load(name).profile
+        secrets = profile.secrets.model_copy(update={"api_key_file": str(key_file)})
+        problems = secret_problems(profile.model_copy(update={"secrets": secrets}), {})
+        assert bool(problems) is refused, (name, problems)
+        if refused:
+            assert "ik_llama.cpp accepts as a key" in problems[0]

@@ -215,3 +215,35 @@ def test_failing_help_is_an_error_and_not_cached(podman_image: str, tmp_path: Pa
     assert not instances.flag_cache_path(settings, info.id).exists()
     probe_name = f"orch-flags-{info.id[:12]}-{os.getpid()}"
     assert probe_name not in _podman("ps", "-a", "--format", "{{.Names}}").stdout
+
+
+def test_help_that_exits_1_after_the_usage_is_accepted(tmp_path: Path) -> None:
+    """ik_llama.cpp's llama-server prints its usage for --help, then exits 1.
+
+    No ik_llama.cpp image can be built here, so a stand-in for `podman run` prints what such an
+    entrypoint prints and exits as it does; a real error (no usage printed) is still refused.
+    """
+    ik_like = tmp_path / "podman-ik"
+    ik_like.write_text(
+        "#!/usr/bin/env python3\n"
+        "print('usage: llama-server [options]')\n"
+        "print('  -c N, --ctx-size N   size of the prompt context')\n"
+        "print('  -fmoe, --fused-moe   fused MoE')\n"
+        "raise SystemExit(1)\n"
+    )
+    failing = tmp_path / "podman-failing"
+    failing.write_text(
+        "#!/usr/bin/env python3\nimport sys\n"
+        "print('Error: crun: executable file not found', file=sys.stderr)\n"
+        "raise SystemExit(127)\n"
+    )
+    for script in (ik_like, failing):
+        script.chmod(0o755)
+    info = podman_rt.ImageInfo("sha256:" + "a" * 64, ("/app/llama-server",))
+    text = podman_rt.engine_help(str(ik_like), info)
+    assert "--fused-moe" in text
+    settings = Settings(state_dir=tmp_path / "s", podman_binary=str(ik_like))
+    flags, cached = instances.image_flags(settings, info)
+    assert flags == {"-c", "--ctx-size", "-fmoe", "--fused-moe"} and not cached
+    with pytest.raises(PreflightError, match="exited 127: Error: crun"):
+        podman_rt.engine_help(str(failing), info)

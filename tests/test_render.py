@@ -87,7 +87,7 @@ def test_secrets_are_redacted() -> None:
 def test_api_key_from_env_never_reaches_argv(tmp_path: Path) -> None:
     root = tmp_path / "profiles"
     shutil.copytree(PROFILES, root)
-    text = (root / "models" / "qwen35-397b-iq4.toml").read_text()
+    text = (root / "models" / "qwen3-coder-next-bf16-cpu.toml").read_text()  # llama.cpp
     (root / "models" / "k.toml").write_text(text + '\n[secrets]\napi_key_env = "MY_KEY"\n')
     plan = build_plan(Catalog(root).load("k"), make_environment(TEMPLATES))
     assert plan.secret_env == ("LLAMA_API_KEY",)

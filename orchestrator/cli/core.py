@@ -20,6 +20,7 @@ from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
 from orchestrator.probe import probe_host
+from orchestrator.profiles.schema import VllmEngine
 
 
 def register(commands: Any) -> None:
@@ -199,6 +200,12 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     for name in names:
         resolved = app.resolve(name, args.hardware)
         if args.placement == "auto":
+            if isinstance(resolved.profile.engine, VllmEngine):
+                Console(stderr=True).print(
+                    f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
+                    "by tensor_parallel_size, so this plan is unchanged",
+                    markup=False,
+                )
             resolved = as_auto(resolved)
         plan = app.plan_for(resolved, read_header=not args.dry_run)
         problems: list[str] = []

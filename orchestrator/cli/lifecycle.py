@@ -24,6 +24,7 @@ from orchestrator.errors import LaunchError, NotRunningError, PreflightError
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.notify import Notifier
 from orchestrator.plan import Plan, require_fit
+from orchestrator.probe import port_in_use
 from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime, VllmEngine
 from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
@@ -261,6 +262,13 @@ def _up_locked(
         if args.replace:
             # what can be checked while the instances to replace still run, before any stops
             instances.preflight(plan, resolved, app.settings, check_resources=False)
+            stopping = [existing] if existing else []
+            stopping += _gpu_holders(store, runtimes, plan)
+            if port_in_use(plan.host, plan.port) and plan.port not in {r.port for r in stopping}:
+                raise PreflightError(
+                    f"{name}: cannot start here:\n  port {plan.host}:{plan.port} is already in "
+                    f"use by something --replace would not stop (publish.port in {plan.source})"
+                )
         if existing is not None:
             old = runtimes.attach(existing)
             if old.alive():
@@ -600,6 +608,8 @@ def cmd_logs(args: argparse.Namespace, app: App, console: Console) -> int:
                 else:
                     _write_lines(handle.log_tail(lines) if lines else [])
             elif args.follow:
+                if not Path(record.log_path).is_file():
+                    raise NotRunningError(f"{args.name}: its log {record.log_path} is gone")
                 _follow_file(Path(record.log_path), lines, handle)
             else:
                 _write_lines(process_rt.tail_file(Path(record.log_path), lines) if lines else [])

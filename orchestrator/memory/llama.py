@@ -38,9 +38,15 @@ REPACK_ROWS = 8
 def n_cpu_moe_rules(
     count: int, moe_layers: list[int] | None = None, from_end: bool = False
 ) -> list[tuple[str, str]]:
-    """The rules ``--n-cpu-moe N`` adds: experts of the first (ik_llama.cpp: last) N layers."""
+    """The rules ``--n-cpu-moe N`` adds.
+
+    Upstream: the experts of blocks ``0..N-1`` by index (a dense block in that range has none).
+    ik_llama.cpp (one GPU): the experts of the last N MoE layers.
+    """
+    if not from_end:
+        return [(rf"blk\.{i}{EXPERT_REGEX}", CPU) for i in range(count)]
     layers = list(range(count)) if moe_layers is None else moe_layers
-    chosen = layers[-count:] if from_end and count else layers[:count]
+    chosen = layers[-count:] if count else []
     return [(rf"blk\.{i}{EXPERT_REGEX}", CPU) for i in chosen]
 
 

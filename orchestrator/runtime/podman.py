@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -329,13 +330,14 @@ def engine_help(podman_binary: str, image: ImageInfo, *, timeout: float = HELP_T
             f"{' '.join(image.entrypoint)} --help in image {image.id[:12]} "
             f"did not finish in {timeout:.0f} s"
         ) from None
-    if done.returncode != 0:
-        err = (done.stderr or done.stdout).decode(errors="replace").strip()
+    text = (done.stdout + done.stderr).decode(errors="replace")
+    # ik_llama.cpp's --help exits 1 after printing the usage: judge by what it printed
+    if done.returncode != 0 and not re.search(r"(?m)^\s*--?[a-z]", text):
         raise PreflightError(
             f"{' '.join(image.entrypoint)} --help in image {image.id[:12]} "
-            f"exited {done.returncode}: {err[-500:]}"
+            f"exited {done.returncode}: {text.strip()[-500:]}"
         )
-    return (done.stdout + done.stderr).decode(errors="replace")
+    return text
 
 
 def launch(

@@ -18,7 +18,7 @@ A candidate fits only with ``budget.auto_margin_fraction`` of each GPU's budget 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,14 @@ from orchestrator.profiles.schema import (
     LlamaEngine,
     OverrideTensor,
 )
-from orchestrator.sizing import DeviceBudget, budgets, llama_config_for, with_engine
+from orchestrator.sizing import (
+    DeviceBudget,
+    budgets,
+    largest,
+    llama_config_for,
+    smallest,
+    with_engine,
+)
 
 ALL_LAYERS = 999
 DEFAULT_GPU_GBS = 1000.0
@@ -163,32 +170,6 @@ def flags_text(settings: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
-    """The largest ``n`` in ``[low, high]`` with ``ok(n)``, for ``ok`` true up to a point."""
-    if not ok(low):
-        return None
-    while low < high:
-        mid = (low + high + 1) // 2
-        if ok(mid):
-            low = mid
-        else:
-            high = mid - 1
-    return low
-
-
-def _smallest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
-    """The smallest ``n`` in ``[low, high]`` with ``ok(n)``, for ``ok`` true from a point on."""
-    if not ok(high):
-        return None
-    while low < high:
-        mid = (low + high) // 2
-        if ok(mid):
-            high = mid
-        else:
-            low = mid + 1
-    return low
-
-
 def as_auto(resolved: ResolvedProfile) -> ResolvedProfile:
     """``resolved`` with ``placement = "auto"`` and its manual placement settings cleared."""
     if not isinstance(resolved.profile.engine, LlamaEngine):
@@ -278,7 +259,7 @@ def _gpu_experts(search: _Search, gpus: Sequence[str]) -> Candidate:
             settings = {"gpu_layers": ALL_LAYERS, "cpu_moe": True, "override_tensors": extra}
             return search.gpus_fit(settings, only=gpu)
 
-        count = _largest(0, len(own), fits) or 0
+        count = largest(0, len(own), fits) or 0
         if count:
             rules.append(_expert_rules(own[:count], gpu))
             kept.append(f"{gpu} {count}")
@@ -314,7 +295,7 @@ def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacemen
         top = len(moe_layers) if ik else moe_layers[-1] + 1
         k = None
         if not (ik and len(gpus) > 1):
-            k = _smallest(1, top, lambda n: search.gpus_fit({**every, "n_cpu_moe": n}))
+            k = smallest(1, top, lambda n: search.gpus_fit({**every, "n_cpu_moe": n}))
         if k is not None and k < top:
             which = f"the last {k} MoE layers" if ik else f"blocks 0-{k - 1}"
             considered.append(
@@ -331,7 +312,7 @@ def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacemen
             search.candidate("cpu-moe", "every expert in host RAM, the rest on the GPU(s)", cpu_moe)
         )
         if not search.gpus_fit(cpu_moe):
-            layers = _largest(
+            layers = largest(
                 1, arch.n_layer, lambda n: search.gpus_fit({"gpu_layers": n, "cpu_moe": True})
             )
             if layers:
@@ -342,7 +323,7 @@ def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacemen
                         {"gpu_layers": layers, "cpu_moe": True},
                     )
                 )
-    layers = _largest(1, arch.n_layer, lambda n: search.gpus_fit({"gpu_layers": n}))
+    layers = largest(1, arch.n_layer, lambda n: search.gpus_fit({"gpu_layers": n}))
     if layers:
         considered.append(
             search.candidate(

@@ -7,6 +7,7 @@ Only the standard library is used.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -124,6 +125,30 @@ def request(
     timeout: float = 2.0,
 ) -> tuple[int, bytes]:
     """One HTTP request; raises OSError (refused, reset, timeout) when nothing answers."""
+    try:
+        conn, response = send(
+            endpoint, path, method=method, body=body, api_key=api_key, timeout=timeout
+        )
+        with contextlib.closing(conn):
+            return response.status, response.read()
+    except http.client.HTTPException as exc:
+        raise OSError(str(exc)) from None
+
+
+def send(
+    endpoint: str,
+    path: str,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    api_key: str | None = None,
+    timeout: float = 2.0,
+    accept: str | None = None,
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Send one request and return the open connection and its response (for streaming).
+
+    The caller closes the connection. Raises OSError or http.client.HTTPException.
+    """
     host, port, prefix = _split(endpoint)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = {"Connection": "close"}
@@ -133,14 +158,14 @@ def request(
         headers["Content-Type"] = "application/json"
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
+    if accept:
+        headers["Accept"] = accept
     try:
         conn.request(method, prefix + path, body=payload, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    except http.client.HTTPException as exc:
-        raise OSError(str(exc)) from None
-    finally:
+        return conn, conn.getresponse()
+    except BaseException:
         conn.close()
+        raise
 
 
 def get_json(endpoint: str, path: str, *, api_key: str | None = None, timeout: float = 2.0) -> Any:

@@ -31,6 +31,7 @@ from orchestrator.profiles.schema import (
     HardwareProfile,
     ModelProfile,
 )
+from orchestrator.sizing import largest
 
 FIRST_PORT = 8080
 CTX_STEP = 256
@@ -205,25 +206,12 @@ class _Search:
         """The largest fitting ctx ≤ ``limit`` (``limit`` or a multiple of 256); 0 if none."""
         if self.fits(limit, engine):
             return limit
-        low, high = 0, (limit - 1) // CTX_STEP
-        while low < high:
-            mid = (low + high + 1) // 2
-            if self.fits(mid * CTX_STEP, engine):
-                low = mid
-            else:
-                high = mid - 1
-        return low * CTX_STEP
+        steps = largest(1, (limit - 1) // CTX_STEP, lambda n: self.fits(n * CTX_STEP, engine))
+        return (steps or 0) * CTX_STEP
 
     def most_layers(self, ctx: int) -> int:
         """The most layers (0..n_layer) on the GPUs that fit with ``ctx``."""
-        low, high = 0, self.arch.n_layer
-        while low < high:
-            mid = (low + high + 1) // 2
-            if self.fits(ctx, {"gpu_layers": mid}):
-                low = mid
-            else:
-                high = mid - 1
-        return low
+        return largest(1, self.arch.n_layer, lambda n: self.fits(ctx, {"gpu_layers": n})) or 0
 
 
 def choose(search: _Search, ctx_train: int) -> tuple[Placement, int]:

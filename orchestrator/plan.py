@@ -26,6 +26,7 @@ from orchestrator.sizing import (
     budgets,
     estimate,
     gpus_for,
+    largest,
     llama_config,
     model_tensors,
     with_engine,
@@ -125,14 +126,10 @@ def largest_fitting_ctx(resolved: ResolvedProfile, header: GgufHeader | None) ->
     """The largest ctx (a multiple of 256) that fits with every other setting unchanged."""
     engine = resolved.profile.engine
     assert isinstance(engine, LlamaEngine)
-    low, high = 0, engine.ctx // 256
-    while low < high:
-        mid = (low + high + 1) // 2
-        if _fits(with_engine(resolved, ctx=mid * 256), header):
-            low = mid
-        else:
-            high = mid - 1
-    return low * 256 if low else None
+    steps = largest(
+        1, engine.ctx // 256, lambda n: _fits(with_engine(resolved, ctx=n * 256), header)
+    )
+    return steps * 256 if steps else None
 
 
 def suggest_llama(resolved: ResolvedProfile, header: GgufHeader | None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -173,3 +174,32 @@ def with_engine(resolved: ResolvedProfile, **changes: Any) -> ResolvedProfile:
     engine = resolved.profile.engine.model_copy(update=changes)
     profile = resolved.profile.model_copy(update={"engine": engine})
     return replace(resolved, profile=profile)
+
+
+# ---------------------------------------------------------------- searches
+
+
+def largest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
+    """The largest ``n`` in ``[low, high]`` with ``ok(n)``, for ``ok`` true up to a point."""
+    if high < low or not ok(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def smallest(low: int, high: int, ok: Callable[[int], bool]) -> int | None:
+    """The smallest ``n`` in ``[low, high]`` with ``ok(n)``, for ``ok`` true from a point on."""
+    if high < low or not ok(high):
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low

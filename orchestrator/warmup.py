@@ -17,13 +17,12 @@ import json
 import os
 import statistics
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.errors import LaunchError
-from orchestrator.health import request
+from orchestrator.health import request, send
 from orchestrator.profiles.schema import Warmup
 
 FILLER = "the quick brown fox jumps over the lazy dog "
@@ -160,28 +159,23 @@ def chat_streamed(
         "stream_options": {"include_usage": True},
     }
     body.update(extra or {})
-    split = urllib.parse.urlsplit(endpoint)
-    headers = {
-        "Connection": "close",
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream",
-    }
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    conn = http.client.HTTPConnection(
-        split.hostname or "127.0.0.1", split.port or 80, timeout=timeout
-    )
     first: float | None = None
     last: float | None = None
     text_chunks = 0
     usage: dict[str, Any] = {}
     done = False
     start = time.perf_counter()
+    conn: http.client.HTTPConnection | None = None
     try:
-        conn.request(
-            "POST", split.path.rstrip("/") + "/v1/chat/completions", json.dumps(body), headers
+        conn, response = send(
+            endpoint,
+            "/v1/chat/completions",
+            method="POST",
+            body=body,
+            api_key=api_key,
+            timeout=timeout,
+            accept="text/event-stream",
         )
-        response = conn.getresponse()
         if response.status != 200:
             data = response.read()
             raise LaunchError(
@@ -215,7 +209,8 @@ def chat_streamed(
     except (OSError, http.client.HTTPException) as exc:
         raise LaunchError(f"{url}: no answer ({exc or type(exc).__name__})") from None
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
     wall = time.perf_counter() - start
     if not done:
         raise LaunchError(f"{url}: the stream ended without data: [DONE]")

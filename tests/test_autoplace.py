@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import shlex
 import shutil
 from pathlib import Path
 
@@ -23,21 +21,15 @@ from orchestrator.autoplace import (
 )
 from orchestrator.cli import main
 from orchestrator.errors import BudgetError
-from orchestrator.memory.calibration import (
-    H100_VRAM_MIB,
-    synthetic_architecture,
-    synthetic_tensors,
-)
-from orchestrator.memory.gguf_arch import parse_llama_args
+from orchestrator.memory.calibration import h100_run, read_table
 from orchestrator.memory.llama import CPU, place
 from orchestrator.plan import Plan, build_plan, model_tensors, require_fit
 from orchestrator.profiles.loader import Catalog, ResolvedProfile
 from orchestrator.render import make_environment
 from orchestrator.sizing import llama_config_for
-from orchestrator.synthetic import CALIBRATION_DENSE, CALIBRATION_MOE
 from tests.conftest import PROFILES, REPO, TEMPLATES
 
-H100_DECODE = REPO / "benchmarks" / "data" / "h100-decode.csv"
+H100_TABLE = REPO / "benchmarks" / "data" / "h100-llama-server.csv"
 H100_BANDWIDTH = 3350e9
 
 
@@ -194,30 +186,15 @@ def test_seed_002_held_out_run() -> None:
     assert abs(predicted / 58.94 - 1) <= 0.05, predicted
 
 
-def h100_rows() -> list[dict[str, str]]:
-    lines = [ln for ln in H100_DECODE.read_text().splitlines() if ln and not ln.startswith("#")]
-    return list(csv.DictReader(lines))
-
-
 def h100_read(row: dict[str, str]) -> tuple[int, dict[str, int]]:
-    spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
-    arch = synthetic_architecture(spec)
-    args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
-    cfg = parse_llama_args(
-        args,
-        gpus=("CUDA0",),
-        gpu_vram_mib=(H100_VRAM_MIB,),
-        cuda_context_mib=590,
-        moe_layers=list(range(arch.n_layer)) if arch.moe else [],
-    )
-    tensors = synthetic_tensors(spec)
+    arch, tensors, cfg = h100_run(row)
     placed = place(tensors, arch.n_layer, cfg)
     return arch.n_layer, bytes_read_per_token(arch, tensors, placed.tensor_device)
 
 
 def test_h100_runs_held_out() -> None:
     """Fit the two factors on m01 (all GPU) and m08 (--cpu-moe); predict the other three."""
-    rows = {r["name"]: r for r in h100_rows()}
+    rows = {r["name"]: r for r in read_table(H100_TABLE)}
     n, read = h100_read(rows["m01"])
     overhead = (1 / float(rows["m01"]["tg_tps"]) - read.get("CUDA0", 0) / H100_BANDWIDTH) / n
     n, read = h100_read(rows["m08"])

@@ -259,11 +259,11 @@ def _up_locked(
     name = plan.name
     with store.lock(name):
         existing = store.load(name)
+        holders = _gpu_holders(store, runtimes, plan)  # never this profile's own record
         if args.replace:
             # what can be checked while the instances to replace still run, before any stops
             instances.preflight(plan, resolved, app.settings, check_resources=False)
-            stopping = [existing] if existing else []
-            stopping += _gpu_holders(store, runtimes, plan)
+            stopping = ([existing] if existing else []) + holders
             if port_in_use(plan.host, plan.port) and plan.port not in {r.port for r in stopping}:
                 raise PreflightError(
                     f"{name}: cannot start here:\n  port {plan.host}:{plan.port} is already in "
@@ -286,7 +286,6 @@ def _up_locked(
                     )
                 console.print(f"{name}: stopping {old.describe()} to replace it", markup=False)
             _stop_record(store, runtimes, existing, STOP_GRACE_S)
-        holders = _gpu_holders(store, runtimes, plan)
         if holders and not args.replace:
             raise PreflightError(_holders_message(plan, holders))
         for holder in holders:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from orchestrator.memory.breakdown import MIB
 from orchestrator.memory.gguf_arch import parse_llama_args
-from orchestrator.memory.llama import REPACK_AVX2, estimate_llama
+from orchestrator.memory.llama import REPACK_AVX2, LlamaConfig, estimate_llama
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.schema import Architecture, Moe
 from orchestrator.synthetic import (
@@ -102,21 +102,27 @@ def read_table(table: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(lines))
 
 
+def h100_run(row: dict[str, str]) -> tuple[Architecture, list[Tensor], LlamaConfig]:
+    """The model and the memory model's configuration of one row of an H100 table."""
+    spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
+    arch = synthetic_architecture(spec)
+    args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
+    cfg = parse_llama_args(
+        args,
+        gpus=("CUDA0",),
+        gpu_vram_mib=(H100_VRAM_MIB,),
+        cuda_context_mib=590,
+        moe_layers=list(range(arch.n_layer)) if arch.moe else [],
+    )
+    return arch, synthetic_tensors(spec), cfg
+
+
 def compare_h100(table: Path) -> list[Comparison]:
     """Predict each committed H100 run and pair every figure with its measurement."""
     out: list[Comparison] = []
     for row in read_table(table):
-        spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
-        arch = synthetic_architecture(spec)
-        args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
-        cfg = parse_llama_args(
-            args,
-            gpus=("CUDA0",),
-            gpu_vram_mib=(H100_VRAM_MIB,),
-            cuda_context_mib=590,
-            moe_layers=list(range(arch.n_layer)) if arch.moe else [],
-        )
-        est = estimate_llama(arch, synthetic_tensors(spec), cfg)
+        arch, tensors, cfg = h100_run(row)
+        est = estimate_llama(arch, tensors, cfg)
         gpu, cpu = est.devices["CUDA0"], est.devices["CPU"]
         prompt_cache = int(est.facts["prompt_cache"])
         name = row["name"]

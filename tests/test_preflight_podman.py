@@ -192,7 +192,13 @@ def test_image_flags_one_container_per_image_id(podman_image: str, tmp_path: Pat
         f"(podman run --rm --help), cached {cached_s * 1000:.2f} ms"
     )
     # Exactly one throwaway container started, for the first call only; none is left.
-    assert _started_since(since).count(probe_name) == 1
+    # (podman's event log can lag the container's exit: wait for the event, then count.)
+    deadline = time.monotonic() + 10
+    started = _started_since(since)
+    while probe_name not in started and time.monotonic() < deadline:
+        time.sleep(0.2)
+        started = _started_since(since)
+    assert started.count(probe_name) == 1
     assert probe_name not in _podman("ps", "-a", "--format", "{{.Names}}").stdout
     assert instances.flag_cache_path(settings, info.id).is_file()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 LOAD_MODE_SINCE_BUILD = 10114
 """First upstream build with ``--load-mode`` (PR #20834); older builds take ``--mlock``."""
@@ -86,14 +85,10 @@ def canonical_flag(flag: str) -> str:
 
 
 def known_flags(kind: str) -> frozenset[str]:
-    """Every flag the engine's server accepts, from the catalogue shipped with orch."""
-    name = {"llama.cpp": "flags-llama.cpp.txt", "ik_llama.cpp": "flags-ik_llama.cpp.txt"}.get(
-        kind, "flags-vllm.txt"
-    )
-    text = resources.files("orchestrator.data").joinpath(name).read_text(encoding="utf-8")
-    return frozenset(
-        line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")
-    )
+    """Every flag spelling the engine's server accepts, from the catalogue shipped with orch."""
+    from orchestrator.flagcatalogue import load_catalogue
+
+    return load_catalogue(kind if kind in ("llama.cpp", "ik_llama.cpp") else "vllm").spellings
 
 
 def flags_in(argv: list[str] | tuple[str, ...]) -> list[str]:

@@ -68,6 +68,14 @@ class Notifier:
         """Keep the watchdog from firing."""
         self._send("WATCHDOG=1")
 
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask for at least ``seconds`` more before the start (or stop) timeout fires.
+
+        Sent while a slow load still makes progress, so a large model that reads steadily
+        is not killed by ``TimeoutStartSec``, while a stalled one still is.
+        """
+        self._send(f"EXTEND_TIMEOUT_USEC={max(int(seconds * 1_000_000), 0)}")
+
     def stopping(self) -> None:
         """Tell systemd that shut-down began."""
         self._send("STOPPING=1")

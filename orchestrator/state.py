@@ -39,6 +39,8 @@ class Record:
     gpus: tuple[int, ...] = ()
     needs_whole_gpu: bool = False
     supervisor_pid: int | None = None
+    gateway_pid: int | None = None
+    """The ``orch serve`` process that started (or adopted) it; None for ``orch up``."""
     predicted_bytes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

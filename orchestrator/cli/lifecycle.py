@@ -14,22 +14,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator import health, instances, warmup
 from orchestrator.app import App
-from orchestrator.errors import LaunchError, NotRunningError, PreflightError
+from orchestrator.errors import NotRunningError, PreflightError
+from orchestrator.lifecycle import Event, Lifecycle, Started, UpOptions, comparable_memory
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.notify import Notifier
 from orchestrator.plan import Plan, require_fit
-from orchestrator.probe import port_in_use
-from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime, VllmEngine
+from orchestrator.profiles.schema import LlamaEngine
+from orchestrator.progress import LoadProgress
 from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
-from orchestrator.state import Record, StateStore
+from orchestrator.state import StateStore
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
@@ -135,15 +135,6 @@ def _err(text: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _uptime(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -155,57 +146,97 @@ def _size(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
 
-def _gpu_holders(store: StateStore, runtimes: instances.Runtimes, plan: Plan) -> list[Record]:
-    """Running instances that share a GPU with ``plan`` where either wants it whole."""
-    mine = set(instances.gpu_indices(plan))
-    if not mine:
-        return []
-    out = []
-    for record in store.all():
-        if record.name == plan.name or not mine & set(record.gpus):
-            continue
-        if not (plan.profile.needs_whole_gpu or record.needs_whole_gpu):
-            continue
-        if runtimes.attach(record).alive():
-            out.append(record)
-    return out
+@contextlib.contextmanager
+def _sigterm_ignored() -> Iterator[None]:
+    """While a failed start is cleaned up, a second SIGTERM must not interrupt it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _holders_message(plan: Plan, holders: list[Record]) -> str:
-    """Why ``plan`` cannot start next to ``holders``, naming each one and the way out."""
-    mine = set(instances.gpu_indices(plan))
-    shared = sorted({g for h in holders for g in h.gpus if g in mine})
-    names = " ".join(h.name for h in holders)
-    if plan.profile.needs_whole_gpu:
-        users = ", ".join(h.name for h in holders)
-        why = f"{plan.name} needs the whole GPU (needs_whole_gpu) and it is in use by {users}"
-    else:
-        whole = ", ".join(h.name for h in holders if h.needs_whole_gpu)
-        why = f"{whole} holds it whole (needs_whole_gpu)"
-    return (
-        f"{plan.name}: cannot start on GPU {', '.join(map(str, shared))}: {why}; "
-        f"stop it with `orch down {names}`, or pass --replace to stop it and start {plan.name}"
-    )
+def progress_text(p: LoadProgress) -> str:
+    """``1.20/3.00 GiB (40%), 250 MiB/s, ETA 7 s``."""
+    text = f"{_size(p.loaded_bytes)}/{_size(p.total_bytes)} ({p.fraction * 100:.0f}%)"
+    if p.rate_bytes_s:
+        text += f", {_size(int(p.rate_bytes_s))}/s"
+    if p.eta_s is not None and p.fraction < 1:
+        text += f", ETA {_uptime(p.eta_s) if p.eta_s >= 60 else f'{p.eta_s:.0f} s'}"
+    return text
 
 
-def _stop_record(
-    store: StateStore, runtimes: instances.Runtimes, record: Record, grace: float
-) -> float:
-    """Stop what a record describes (via its supervisor if one runs); seconds taken."""
-    start = time.monotonic()
-    if _pid_alive(record.supervisor_pid):
-        assert record.supervisor_pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.supervisor_pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace + 5
-        while _pid_alive(record.supervisor_pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    handle = runtimes.attach(record)
-    if isinstance(handle, podman_rt.ContainerHandle):
-        handle.save_logs(Path(record.log_path))
-    handle.stop(grace)
-    store.remove(record.name)
-    return time.monotonic() - start
+EXTEND_TIMEOUT_S = 60.0
+"""While weights are still being read, systemd's start timeout is pushed this far ahead."""
+
+
+class UpView:
+    """Shows ``orch up``'s events: lines, a live progress bar on a terminal, sd_notify.
+
+    On a terminal the load progress is one line redrawn in place; otherwise a plain line
+    every ``plain_every_s`` seconds, so logs and pipes get a readable record.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        notifier: Notifier,
+        *,
+        live: bool | None = None,
+        plain_every_s: float = 5.0,
+    ) -> None:
+        """Print to ``console``; ``live`` defaults to whether it is a terminal."""
+        self.console = console
+        self.notifier = notifier
+        self.live = console.is_terminal if live is None else live
+        self.plain_every_s = plain_every_s
+        self._last_plain: float | None = None
+        self._last_bytes = 0
+        self._bar_shown = False
+
+    def event(self, event: Event) -> None:
+        """Handle one lifecycle event."""
+        name = event.name
+        if event.kind == "loading":
+            self._loading(event)
+            return
+        self._end_bar()
+        if event.kind == "note":
+            self.console.print(f"  note: {event.message}", markup=False)
+        elif event.kind == "launching":
+            self.notifier.status(f"{name}: launching")
+        elif event.kind == "warming":
+            self.notifier.status(f"{name}: warming up")
+        elif event.kind == "aborting":
+            self.notifier.stopping()
+        elif event.kind != "warm":
+            self.console.print(f"{name}: {event.message}", markup=False)
+
+    def _loading(self, event: Event) -> None:
+        p = event.progress
+        if p is None or p.total_bytes <= 0:
+            self.notifier.status(f"{event.name}: {event.message}")
+            return
+        text = f"{event.name}: loading weights {progress_text(p)}"
+        self.notifier.status(text)
+        if p.loaded_bytes > self._last_bytes:
+            self.notifier.extend_timeout(EXTEND_TIMEOUT_S)
+        self._last_bytes = p.loaded_bytes
+        if self.live:
+            width = 24
+            filled = round(p.fraction * width)
+            bar = "#" * filled + "-" * (width - filled)
+            self.console.file.write(f"\r{event.name}: loading [{bar}] {progress_text(p)}\x1b[K")
+            self.console.file.flush()
+            self._bar_shown = True
+        elif self._last_plain is None or p.elapsed_s - self._last_plain >= self.plain_every_s:
+            self._last_plain = p.elapsed_s
+            self.console.print(text, markup=False)
+
+    def _end_bar(self) -> None:
+        if self._bar_shown:
+            self.console.file.write("\n")
+            self._bar_shown = False
 
 
 # ---------------------------------------------------------------- up
@@ -218,227 +249,97 @@ def cmd_up(args: argparse.Namespace, app: App, console: Console) -> int:
     resolved = app.resolve(name)
     plan = app.plan_for(resolved, read_header=True)
     require_fit(plan)
-    timeout = args.timeout or plan.load_timeout_s
     notifier = Notifier.from_env()
-    key = instances.api_key(plan.profile, os.environ)
+    view = UpView(console, notifier)
+    options = UpOptions(
+        replace=args.replace,
+        timeout_s=args.timeout,
+        warmup=not args.no_warmup,
+        check_memory=not args.skip_memory_check,
+        supervisor_pid=os.getpid() if args.foreground else None,
+        shield=_sigterm_ignored,
+    )
     with contextlib.ExitStack() as stack:
         runtimes = instances.Runtimes(app.settings, stack)
+        life = Lifecycle(app, store, runtimes, view.event)
         with _sigterm_raises():
             try:
-                outcome = _up_locked(
-                    args, app, console, store, runtimes, plan, resolved, timeout, notifier, key
-                )
+                started = life.up(plan, resolved, options)
+                if started.already_running:
+                    console.print(
+                        f"{name}: already running ({started.handle.describe()}, plan "
+                        f"{plan.plan_hash}) at {started.record.endpoint}",
+                        markup=False,
+                    )
+                    return 0
+                _print_ready(console, plan, started)
+                notifier.status(f"{name}: ready at {plan.endpoint}")
             except Terminated:
                 _err(f"orch: {name}: SIGTERM: stopped what was started")
                 return SIGTERM_EXIT
             except KeyboardInterrupt:
                 _err(f"orch: {name}: interrupted: stopped what was started")
                 return 130
-            if outcome is None:
-                return 0
-            handle = outcome
-            notifier.ready()
-            if not args.foreground:
-                return 0
-            return _supervise(console, store, plan, handle, notifier)
-    return 0
+        notifier.ready()
+        if not args.foreground:
+            return 0
+        return _supervise(console, life, plan, started.handle, notifier)
 
 
-def _up_locked(
-    args: argparse.Namespace,
-    app: App,
-    console: Console,
-    store: StateStore,
-    runtimes: instances.Runtimes,
-    plan: Plan,
-    resolved: Any,
-    timeout: float,
-    notifier: Notifier,
-    key: str | None,
-) -> Handle | None:
-    name = plan.name
-    with store.lock(name):
-        existing = store.load(name)
-        holders = _gpu_holders(store, runtimes, plan)  # never this profile's own record
-        if args.replace:
-            # what can be checked while the instances to replace still run, before any stops
-            instances.preflight(plan, resolved, app.settings, check_resources=False)
-            stopping = ([existing] if existing else []) + holders
-            if port_in_use(plan.host, plan.port) and plan.port not in {r.port for r in stopping}:
-                raise PreflightError(
-                    f"{name}: cannot start here:\n  port {plan.host}:{plan.port} is already in "
-                    f"use by something --replace would not stop (publish.port in {plan.source})"
-                )
-        if existing is not None:
-            old = runtimes.attach(existing)
-            if old.alive():
-                if existing.plan_hash == plan.plan_hash and not args.replace:
-                    console.print(
-                        f"{name}: already running ({old.describe()}, plan {plan.plan_hash}) "
-                        f"at {existing.endpoint}",
-                        markup=False,
-                    )
-                    return None
-                if not args.replace:
-                    raise PreflightError(
-                        f"{name}: running with a different plan ({existing.plan_hash}, now "
-                        f"{plan.plan_hash}); pass --replace to restart it"
-                    )
-                console.print(f"{name}: stopping {old.describe()} to replace it", markup=False)
-            _stop_record(store, runtimes, existing, STOP_GRACE_S)
-        if holders and not args.replace:
-            raise PreflightError(_holders_message(plan, holders))
-        for holder in holders:
-            console.print(f"{name}: stopping {holder.name} (holds the GPU)", markup=False)
-            _stop_record(store, runtimes, holder, STOP_GRACE_S)
-        for note in instances.preflight(
-            plan, resolved, app.settings, check_memory=not args.skip_memory_check
-        ):
-            console.print(f"  note: {note}", markup=False)
-        handle: Handle | None = None
-        log_path = store.log_path(name)
-        try:
-            notifier.status(f"{name}: launching")
-            started = time.time()
-            handle = instances.launch(
-                plan,
-                app.settings,
-                runtimes,
-                log_path,
-                header=f"# orch up {name} at {time.ctime(started)}: {plan.display()}",
-            )
-            store.save(_record(plan, handle, log_path, started, args.foreground))
-            console.print(
-                f"{name}: started {handle.describe()}, waiting for {plan.endpoint}", markup=False
-            )
-            load_start = time.monotonic()
-            engine = plan.profile.engine
-            health.wait_ready(
-                plan.endpoint,
-                deadline_s=timeout,
-                alive=handle.alive,
-                log_tail=handle.log_tail,
-                exit_code=handle.exit_code,
-                path=plan.profile.health.path,
-                served_name=instances.model_name(plan) if isinstance(engine, VllmEngine) else None,
-                api_key=key,
-                on_poll=lambda t, s: notifier.status(f"{name}: loading ({t:.0f} s, /health {s})"),
-            )
-            console.print(f"{name}: ready in {time.monotonic() - load_start:.2f} s", markup=False)
-            stats: list[warmup.RequestStats] = []
-            if not args.no_warmup and plan.profile.warmup.requests:
-                notifier.status(f"{name}: warming up")
-                stats = warmup.warm_up(
-                    plan.endpoint,
-                    plan.profile.warmup,
-                    model=instances.model_name(plan),
-                    api_key=key,
-                    llama=isinstance(engine, LlamaEngine),
-                )
-        except BaseException:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            notifier.stopping()
-            if handle is not None:
-                if isinstance(handle, podman_rt.ContainerHandle):
-                    handle.save_logs(log_path)
-                handle.stop(STOP_GRACE_S)
-            with contextlib.suppress(Exception):
-                instances.stop_leftovers(runtimes, plan, STOP_GRACE_S)
-            store.remove(name)
-            signal.signal(signal.SIGTERM, _raise_terminated)
-            raise
-    _print_ready(console, plan, handle, stats)
-    notifier.status(f"{name}: ready at {plan.endpoint}")
-    return handle
+def memory_lines(plan: Plan, rss_bytes: int, gpu_bytes: dict[int, int]) -> list[str]:
+    """In-use memory next to the part of the plan it compares with, one line per device."""
+    lines = []
+    for row in comparable_memory(plan.memory, rss_bytes, gpu_bytes):
+        what = "RSS" if row.device == "CPU" else "in use"
+        text = f"  memory: {row.device} {what} {_size(row.in_use)} (plan: {_size(row.planned_now)}"
+        if row.device == "CPU":
+            text += " weights + KV + process"
+        if row.later:
+            later = ", ".join(f"{k} {_size(n)}" for k, n in row.later)
+            text += f"; later, as prompts fill: {later}"
+        lines.append(text + ")")
+    return lines
 
 
-def _record(plan: Plan, handle: Handle, log_path: Path, started: float, foreground: bool) -> Record:
-    is_podman = isinstance(plan.profile.runtime, PodmanRuntime)
-    pid = create_time = None
-    container_id = container = None
-    if isinstance(handle, process_rt.ProcessHandle):
-        pid, create_time = handle.pid, handle.create_time
-    if isinstance(handle, podman_rt.ContainerHandle):
-        container_id, container = handle.id, handle.name
-    return Record(
-        name=plan.name,
-        runtime="podman" if is_podman else "process",
-        plan_hash=plan.plan_hash,
-        endpoint=plan.endpoint,
-        port=plan.port,
-        started_at=started,
-        log_path=str(log_path),
-        pid=pid,
-        pid_create_time=create_time,
-        container_id=container_id,
-        container_name=container,
-        engine=plan.profile.engine.kind,
-        gpus=instances.gpu_indices(plan),
-        needs_whole_gpu=plan.profile.needs_whole_gpu,
-        supervisor_pid=os.getpid() if foreground else None,
-        predicted_bytes={d: m.total for d, m in plan.memory.devices.items()},
-    )
-
-
-def _print_ready(
-    console: Console, plan: Plan, handle: Handle, stats: list[warmup.RequestStats]
-) -> None:
+def _print_ready(console: Console, plan: Plan, started: Started) -> None:
     console.print(f"{plan.name}: ready at {plan.endpoint}", markup=False)
-    for i, s in enumerate(stats, 1):
+    for i, s in enumerate(started.stats, 1):
         console.print(
             f"  warm-up {i}: TTFT {s.ttft_s * 1000:.0f} ms, prompt {s.prompt_tps:.1f} tok/s "
             f"({s.prompt_tokens} tok), generation {s.gen_tps:.1f} tok/s "
             f"({s.completion_tokens} tok) [{s.source}]",
             markup=False,
         )
-    used = instances.memory_in_use(handle.pids())
-    predicted = plan.memory.devices
-    cpu = predicted.get("CPU")
-    console.print(
-        f"  memory: RSS {_size(used.rss_bytes)} (plan: CPU {_size(cpu.total) if cpu else '-'})",
-        markup=False,
-    )
-    for index, nbytes in sorted(used.gpu_bytes.items()):
-        dev = predicted.get(f"CUDA{index}")
-        console.print(
-            f"  memory: CUDA{index} {_size(nbytes)} (plan: {_size(dev.total) if dev else '-'})",
-            markup=False,
-        )
+    used = instances.memory_in_use(started.handle.pids())
+    for line in memory_lines(plan, used.rss_bytes, used.gpu_bytes):
+        console.print(line, markup=False)
 
 
 def _supervise(
-    console: Console, store: StateStore, plan: Plan, handle: Handle, notifier: Notifier
+    console: Console, life: Lifecycle, plan: Plan, handle: Handle, notifier: Notifier
 ) -> int:
     """Stay in the foreground: watch /health, ping the watchdog, stop cleanly on SIGTERM."""
     interval = notifier.watchdog_interval_s()
     period = min(interval, 2.0) if interval else 2.0
     console.print(f"{plan.name}: supervising (SIGTERM or Ctrl-C stops it)", markup=False)
+
+    def on_check(status: int | None) -> None:
+        if status == 200:
+            if interval:
+                notifier.watchdog()
+        else:
+            notifier.status(f"{plan.name}: unhealthy (/health {status or 'no answer'})")
+
     with _sigterm_raises():
         try:
-            while True:
-                time.sleep(period)
-                if not handle.alive():
-                    store.remove(plan.name)
-                    raise LaunchError(
-                        health.explain(
-                            f"{plan.name}: engine exited", handle.log_tail(health.SEARCH_LINES)
-                        )
-                    )
-                status = health.probe(plan.endpoint, plan.profile.health.path)
-                if status == 200:
-                    if interval:
-                        notifier.watchdog()
-                else:
-                    notifier.status(f"{plan.name}: unhealthy (/health {status or 'no answer'})")
+            for _ in life.watch(plan, handle, period, on_check):
+                pass
         except (Terminated, KeyboardInterrupt):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             notifier.stopping()
-            if isinstance(handle, podman_rt.ContainerHandle):
-                handle.save_logs(store.log_path(plan.name))
-            handle.stop(STOP_GRACE_S)
-            store.remove(plan.name)
+            life.stop(plan, handle)
             console.print(f"{plan.name}: stopped", markup=False)
-            return 0
+    return 0
 
 
 # ---------------------------------------------------------------- down / status / ps / logs
@@ -455,67 +356,22 @@ def cmd_down(args: argparse.Namespace, app: App, console: Console) -> int:
         raise NotRunningError("orch down: name a profile, or use --all")
     missing = []
     with contextlib.ExitStack() as stack:
-        runtimes = instances.Runtimes(app.settings, stack)
+        life = Lifecycle(app, store, instances.Runtimes(app.settings, stack))
         for name in names:
-            with store.lock(name):
-                record = store.load(name)
-                if record is None:
-                    missing.append(name)
-                    continue
-                handle = runtimes.attach(record)
-                if not handle.alive():
-                    why = _gone_reason(handle)
-                    handle.stop(args.grace)
-                    store.remove(name)
-                    console.print(
-                        f"{name}: was not running ({why}); cleared its record", markup=False
-                    )
-                    continue
-                seconds = _stop_record(store, runtimes, record, args.grace)
+            done = life.down(name, args.grace)
+            if done.outcome == "missing":
+                missing.append(name)
+            elif done.outcome == "cleared":
                 console.print(
-                    f"{name}: stopped {handle.describe()} in {seconds:.2f} s", markup=False
+                    f"{name}: was not running ({done.detail}); cleared its record", markup=False
+                )
+            else:
+                console.print(
+                    f"{name}: stopped {done.detail} in {done.seconds:.2f} s", markup=False
                 )
     if missing:
         raise NotRunningError(f"not running: {', '.join(missing)} (no record in {store.run_dir})")
     return 0
-
-
-def _gone_reason(handle: Handle) -> str:
-    if isinstance(handle, podman_rt.ContainerHandle):
-        status = handle.status()
-        if status == "gone":
-            return f"{handle.describe()} was removed outside orch"
-        return f"{handle.describe()} is {status}, exit code {handle.exit_code()}"
-    return f"{handle.describe()} has exited"
-
-
-def _state_of(runtimes: instances.Runtimes, record: Record, key: str | None) -> dict[str, Any]:
-    handle = runtimes.attach(record)
-    alive = handle.alive()
-    row: dict[str, Any] = {
-        "name": record.name,
-        "runtime": record.runtime,
-        "engine": record.engine,
-        "state": "running" if alive else "not running",
-        "detail": "" if alive else _gone_reason(handle),
-        "pid": record.pid,
-        "container": record.container_name,
-        "container_id": record.container_id,
-        "endpoint": record.endpoint,
-        "port": record.port,
-        "plan_hash": record.plan_hash,
-        "started_at": record.started_at,
-        "uptime_s": round(time.time() - record.started_at, 1) if alive else None,
-        "log": record.log_path,
-    }
-    if alive:
-        code = health.probe(record.endpoint)
-        row["health"] = code
-        if code != 200:
-            row["state"] = "unhealthy" if code else "not answering"
-        row["figures"] = instances.live_figures(record.endpoint, key)
-        row["rss_bytes"] = instances.memory_in_use(handle.pids()).rss_bytes
-    return row
 
 
 def cmd_status(args: argparse.Namespace, app: App, console: Console) -> int:
@@ -528,12 +384,12 @@ def cmd_status(args: argparse.Namespace, app: App, console: Console) -> int:
             raise NotRunningError(f"{args.name} is not running (no record in {store.run_dir})")
     rows = []
     with contextlib.ExitStack() as stack:
-        runtimes = instances.Runtimes(app.settings, stack)
+        life = Lifecycle(app, store, instances.Runtimes(app.settings, stack))
         for record in records:
             key = None
             with contextlib.suppress(Exception):
                 key = instances.api_key(app.resolve(record.name).profile, os.environ)
-            rows.append(_state_of(runtimes, record, key))
+            rows.append(life.state_of(record, key))
     if args.json:
         console.print_json(json.dumps(rows if not args.name else rows[0]))
     elif not rows:
@@ -541,9 +397,10 @@ def cmd_status(args: argparse.Namespace, app: App, console: Console) -> int:
     for row in [] if args.json else rows:
         where = f"pid {row['pid']}" if row["pid"] else f"container {row['container']}"
         up = _uptime(row["uptime_s"]) if row["uptime_s"] is not None else "-"
+        by = _started_by(row)
         console.print(
             f"{row['name']}: {row['state']} · {row['engine']} via {row['runtime']} · {where} · "
-            f"{row['endpoint']} · up {up}",
+            f"{row['endpoint']} · up {up} · {by}",
             markup=False,
         )
         if row["detail"]:
@@ -564,11 +421,17 @@ def cmd_status(args: argparse.Namespace, app: App, console: Console) -> int:
     return NotRunningError.exit_code if bad and args.name else 0
 
 
+def _started_by(row: dict[str, Any]) -> str:
+    if row.get("gateway_pid"):
+        return f"orch serve (pid {row['gateway_pid']})"
+    return "orch up"
+
+
 def cmd_ps(args: argparse.Namespace, app: App, console: Console) -> int:
     """One line per instance orch started."""
     store = _store(app)
     table = Table(title=None)
-    for column in ("name", "runtime", "state", "pid/container", "port", "uptime"):
+    for column in ("name", "runtime", "state", "pid/container", "port", "uptime", "started by"):
         table.add_column(column)
     with contextlib.ExitStack() as stack:
         runtimes = instances.Runtimes(app.settings, stack)
@@ -581,6 +444,7 @@ def cmd_ps(args: argparse.Namespace, app: App, console: Console) -> int:
                 str(record.pid) if record.pid else (record.container_name or "-"),
                 str(record.port),
                 _uptime(time.time() - record.started_at) if alive else "-",
+                _started_by({"gateway_pid": record.gateway_pid}),
             )
     console.print(table)
     return 0

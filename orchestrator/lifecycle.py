@@ -1,0 +1,494 @@
+"""Start, stop and watch instances: the one lifecycle that ``orch up`` and ``orch serve`` drive.
+
+Nothing here prints or picks an exit code. Progress goes to an events callback as
+:class:`Event` values; failures raise the errors of :mod:`orchestrator.errors`. The caller
+decides what to show (the CLI prints, the gateway keeps state for its status page) and how
+signals reach the work (the CLI turns SIGTERM into an exception; see :class:`UpOptions`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from orchestrator import health, instances, progress, warmup
+from orchestrator.app import App
+from orchestrator.errors import LaunchError, PreflightError
+from orchestrator.memory.breakdown import DeviceMemory, MemoryEstimate
+from orchestrator.plan import Plan
+from orchestrator.probe import port_in_use
+from orchestrator.profiles.loader import ResolvedProfile
+from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime, VllmEngine
+from orchestrator.runtime import STOP_GRACE_S, Handle
+from orchestrator.runtime import podman as podman_rt
+from orchestrator.runtime import process as process_rt
+from orchestrator.state import Record, StateStore
+
+EventKind = Literal[
+    "note",  # a preflight note
+    "stopping",  # stopping another instance first (replace, GPU holder)
+    "launching",
+    "started",  # the engine runs; waiting for readiness
+    "loading",  # a readiness poll or a progress sample (``progress`` set when measured)
+    "ready",  # /health answered (``seconds`` set)
+    "warming",
+    "warm",  # warm-up done
+    "aborting",  # a failure or interruption: stopping what was started
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a lifecycle operation, for the caller to show."""
+
+    name: str
+    kind: EventKind
+    message: str
+    progress: progress.LoadProgress | None = None
+    seconds: float | None = None
+
+
+Events = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    """An events callback that shows nothing."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """How ``up`` behaves.
+
+    Attributes:
+        replace: Stop a running instance that differs, and GPU holders (needs_whole_gpu).
+        timeout_s: Seconds to wait for ready (None: the plan's load timeout).
+        warmup: Send the profile's warm-up requests.
+        check_memory: Check free RAM/VRAM on this machine.
+        supervisor_pid: Recorded as the supervising process (``orch up --foreground``).
+        gateway_pid: Recorded as the gateway that owns the instance (``orch serve``).
+        shield: Entered while a failed start is cleaned up, so that a second signal cannot
+            interrupt the cleanup (the CLI ignores SIGTERM there).
+        progress_interval_s: Seconds between load-progress samples.
+    """
+
+    replace: bool = False
+    timeout_s: float | None = None
+    warmup: bool = True
+    check_memory: bool = True
+    supervisor_pid: int | None = None
+    gateway_pid: int | None = None
+    shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+    progress_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``up`` left running."""
+
+    plan: Plan
+    handle: Handle
+    record: Record
+    already_running: bool = False
+    ready_s: float | None = None
+    stats: tuple[warmup.RequestStats, ...] = ()
+
+
+@dataclass(frozen=True)
+class Comparable:
+    """In-use memory next to the part of the plan it can be compared with.
+
+    A plan's host figure holds buffers that become resident only later (the compute buffers
+    once a prompt fills the context, the prompt cache up to its limit as it fills). Resident
+    memory right after start-up is compared with the rest; those are listed apart.
+    """
+
+    device: str
+    in_use: int
+    planned_now: int
+    later: tuple[tuple[str, int], ...] = ()
+
+
+def comparable_memory(
+    memory: MemoryEstimate, rss_bytes: int, gpu_bytes: dict[int, int]
+) -> list[Comparable]:
+    """Measured memory of an instance against the comparable part of its plan, per device."""
+    out = []
+    cpu = memory.devices.get("CPU")
+    if cpu is not None:
+        cache = int(memory.facts.get("prompt_cache", 0) or 0)
+        work = int(memory.facts.get("cpu_work_buffer", 0) or 0)
+        later = [("compute", cpu.compute + work), ("prompt cache", cache)]
+        now = cpu.total - sum(n for _, n in later)
+        out.append(Comparable("CPU", rss_bytes, now, tuple((k, n) for k, n in later if n)))
+    for index, nbytes in sorted(gpu_bytes.items()):
+        dev: DeviceMemory | None = memory.devices.get(f"CUDA{index}")
+        # everything on a GPU is allocated at load: the whole plan compares
+        out.append(Comparable(f"CUDA{index}", nbytes, dev.total if dev else 0))
+    return out
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (and is not this process)."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def gpu_holders(store: StateStore, runtimes: instances.Runtimes, plan: Plan) -> list[Record]:
+    """Running instances that share a GPU with ``plan`` where either wants it whole."""
+    mine = set(instances.gpu_indices(plan))
+    if not mine:
+        return []
+    out = []
+    for record in store.all():
+        if record.name == plan.name or not mine & set(record.gpus):
+            continue
+        if not (plan.profile.needs_whole_gpu or record.needs_whole_gpu):
+            continue
+        if runtimes.attach(record).alive():
+            out.append(record)
+    return out
+
+
+def holders_message(plan: Plan, holders: list[Record]) -> str:
+    """Why ``plan`` cannot start next to ``holders``, naming each one and the way out."""
+    mine = set(instances.gpu_indices(plan))
+    shared = sorted({g for h in holders for g in h.gpus if g in mine})
+    names = " ".join(h.name for h in holders)
+    if plan.profile.needs_whole_gpu:
+        users = ", ".join(h.name for h in holders)
+        why = f"{plan.name} needs the whole GPU (needs_whole_gpu) and it is in use by {users}"
+    else:
+        whole = ", ".join(h.name for h in holders if h.needs_whole_gpu)
+        why = f"{whole} holds it whole (needs_whole_gpu)"
+    return (
+        f"{plan.name}: cannot start on GPU {', '.join(map(str, shared))}: {why}; "
+        f"stop it with `orch down {names}`, or pass --replace to stop it and start {plan.name}"
+    )
+
+
+def gone_reason(handle: Handle) -> str:
+    """Why an instance whose record exists is not running."""
+    if isinstance(handle, podman_rt.ContainerHandle):
+        status = handle.status()
+        if status == "gone":
+            return f"{handle.describe()} was removed outside orch"
+        return f"{handle.describe()} is {status}, exit code {handle.exit_code()}"
+    return f"{handle.describe()} has exited"
+
+
+def stop_handle(handle: Handle, log_path: Path, grace_s: float) -> None:
+    """Stop an engine, keeping a container's output in ``log_path`` first."""
+    if isinstance(handle, podman_rt.ContainerHandle):
+        handle.save_logs(log_path)
+    handle.stop(grace_s)
+
+
+def stop_record(
+    store: StateStore, runtimes: instances.Runtimes, record: Record, grace_s: float
+) -> float:
+    """Stop what a record describes (via its supervisor if one runs); seconds taken."""
+    start = time.monotonic()
+    if pid_alive(record.supervisor_pid):
+        assert record.supervisor_pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 5
+        while pid_alive(record.supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    stop_handle(runtimes.attach(record), Path(record.log_path), grace_s)
+    store.remove(record.name)
+    return time.monotonic() - start
+
+
+def make_record(
+    plan: Plan,
+    handle: Handle,
+    log_path: Path,
+    started: float,
+    *,
+    supervisor_pid: int | None = None,
+    gateway_pid: int | None = None,
+) -> Record:
+    """The state-store record for a launched plan."""
+    is_podman = isinstance(plan.profile.runtime, PodmanRuntime)
+    pid = create_time = None
+    container_id = container = None
+    if isinstance(handle, process_rt.ProcessHandle):
+        pid, create_time = handle.pid, handle.create_time
+    if isinstance(handle, podman_rt.ContainerHandle):
+        container_id, container = handle.id, handle.name
+    return Record(
+        name=plan.name,
+        runtime="podman" if is_podman else "process",
+        plan_hash=plan.plan_hash,
+        endpoint=plan.endpoint,
+        port=plan.port,
+        started_at=started,
+        log_path=str(log_path),
+        pid=pid,
+        pid_create_time=create_time,
+        container_id=container_id,
+        container_name=container,
+        engine=plan.profile.engine.kind,
+        gpus=instances.gpu_indices(plan),
+        needs_whole_gpu=plan.profile.needs_whole_gpu,
+        supervisor_pid=supervisor_pid,
+        gateway_pid=gateway_pid,
+        predicted_bytes={d: m.total for d, m in plan.memory.devices.items()},
+    )
+
+
+# ---------------------------------------------------------------- up
+
+
+class Lifecycle:
+    """Up, down and watch, against one state store and one set of runtime connections."""
+
+    def __init__(
+        self,
+        app: App,
+        store: StateStore,
+        runtimes: instances.Runtimes,
+        events: Events = ignore,
+    ) -> None:
+        """Operations report to ``events``; podman connections close with ``runtimes``."""
+        self.app = app
+        self.store = store
+        self.runtimes = runtimes
+        self.events = events
+
+    def _emit(self, name: str, kind: EventKind, message: str, **extra: Any) -> None:
+        self.events(Event(name, kind, message, **extra))
+
+    def up(self, plan: Plan, resolved: ResolvedProfile, options: UpOptions) -> Started:
+        """Start ``plan`` and wait until it is ready and warm.
+
+        Holds the profile's lock throughout. Anything started is stopped again if the start
+        fails or is interrupted (any exception, KeyboardInterrupt included), then re-raised.
+
+        Raises:
+            PreflightError: Something the launch needs is missing or taken, or a different
+                plan runs (without ``replace``).
+            LaunchError: The engine exited while loading, or was not ready in time.
+        """
+        name = plan.name
+        store, runtimes, settings = self.store, self.runtimes, self.app.settings
+        with store.lock(name):
+            existing = store.load(name)
+            holders = gpu_holders(store, runtimes, plan)  # never this profile's own record
+            if options.replace:
+                # what can be checked while the instances to replace still run, before any stops
+                instances.preflight(plan, resolved, settings, check_resources=False)
+                stopping = ([existing] if existing else []) + holders
+                taken_by_them = plan.port in {r.port for r in stopping}
+                if port_in_use(plan.host, plan.port) and not taken_by_them:
+                    raise PreflightError(
+                        f"{name}: cannot start here:\n  port {plan.host}:{plan.port} is already "
+                        f"in use by something --replace would not stop (publish.port in "
+                        f"{plan.source})"
+                    )
+            if existing is not None:
+                old = runtimes.attach(existing)
+                if old.alive():
+                    if existing.plan_hash == plan.plan_hash and not options.replace:
+                        return Started(plan, old, existing, already_running=True)
+                    if not options.replace:
+                        raise PreflightError(
+                            f"{name}: running with a different plan ({existing.plan_hash}, now "
+                            f"{plan.plan_hash}); pass --replace to restart it"
+                        )
+                    self._emit(name, "stopping", f"stopping {old.describe()} to replace it")
+                stop_record(store, runtimes, existing, STOP_GRACE_S)
+            if holders and not options.replace:
+                raise PreflightError(holders_message(plan, holders))
+            for holder in holders:
+                self._emit(name, "stopping", f"stopping {holder.name} (holds the GPU)")
+                stop_record(store, runtimes, holder, STOP_GRACE_S)
+            for note in instances.preflight(
+                plan, resolved, settings, check_memory=options.check_memory
+            ):
+                self._emit(name, "note", note)
+            return self._launch(plan, options)
+
+    def _launch(self, plan: Plan, options: UpOptions) -> Started:
+        name = plan.name
+        store, runtimes, settings = self.store, self.runtimes, self.app.settings
+        handle: Handle | None = None
+        log_path = store.log_path(name)
+        key = instances.api_key(plan.profile, os.environ)
+        try:
+            self._emit(name, "launching", "launching")
+            started = time.time()
+            handle = instances.launch(
+                plan,
+                settings,
+                runtimes,
+                log_path,
+                header=f"# orch up {name} at {time.ctime(started)}: {plan.display()}",
+            )
+            record = make_record(
+                plan,
+                handle,
+                log_path,
+                started,
+                supervisor_pid=options.supervisor_pid,
+                gateway_pid=options.gateway_pid,
+            )
+            store.save(record)
+            self._emit(name, "started", f"started {handle.describe()}, waiting for {plan.endpoint}")
+            ready_s = self._wait_ready(plan, handle, options, key)
+            self._emit(name, "ready", f"ready in {ready_s:.2f} s", seconds=ready_s)
+            stats: list[warmup.RequestStats] = []
+            if options.warmup and plan.profile.warmup.requests:
+                self._emit(name, "warming", "warming up")
+                stats = warmup.warm_up(
+                    plan.endpoint,
+                    plan.profile.warmup,
+                    model=instances.model_name(plan),
+                    api_key=key,
+                    llama=isinstance(plan.profile.engine, LlamaEngine),
+                )
+            self._emit(name, "warm", f"ready at {plan.endpoint}")
+            return Started(plan, handle, record, ready_s=ready_s, stats=tuple(stats))
+        except BaseException:
+            with options.shield():
+                self._emit(name, "aborting", "stopping what was started")
+                if handle is not None:
+                    stop_handle(handle, log_path, STOP_GRACE_S)
+                with contextlib.suppress(Exception):
+                    instances.stop_leftovers(runtimes, plan, STOP_GRACE_S)
+                store.remove(name)
+            raise
+
+    def _wait_ready(self, plan: Plan, handle: Handle, options: UpOptions, key: str | None) -> float:
+        """Seconds until the engine answered; progress samples go out as ``loading`` events."""
+        name = plan.name
+        engine = plan.profile.engine
+        timeout = options.timeout_s or plan.load_timeout_s
+        meter = progress.Meter(plan.model_bytes)
+        last_sample = 0.0
+
+        def on_poll(elapsed: float, status: int | None) -> None:
+            nonlocal last_sample
+            now = time.monotonic()
+            if now - last_sample < options.progress_interval_s:
+                return
+            last_sample = now
+            sample = meter.sample(progress.bytes_loaded(handle.pids()), elapsed)
+            seen = f"/health {status}" if status else "no answer yet"
+            self._emit(name, "loading", f"loading ({elapsed:.0f} s, {seen})", progress=sample)
+
+        ready = health.wait_ready(
+            plan.endpoint,
+            deadline_s=timeout,
+            alive=handle.alive,
+            log_tail=handle.log_tail,
+            exit_code=handle.exit_code,
+            path=plan.profile.health.path,
+            served_name=instances.model_name(plan) if isinstance(engine, VllmEngine) else None,
+            api_key=key,
+            on_poll=on_poll,
+            activity=progress.activity_of(handle),
+        )
+        return ready.seconds
+
+    # ------------------------------------------------------------ stop and watch
+
+    def stop(self, plan: Plan, handle: Handle, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop an instance this process started and forget its record."""
+        stop_handle(handle, self.store.log_path(plan.name), grace_s)
+        self.store.remove(plan.name)
+
+    def down(self, name: str, grace_s: float) -> DownResult:
+        """Stop ``name`` under its lock: ``stopped``, ``cleared`` (was dead) or ``missing``."""
+        with self.store.lock(name):
+            record = self.store.load(name)
+            if record is None:
+                return DownResult(name, "missing")
+            handle = self.runtimes.attach(record)
+            if not handle.alive():
+                why = gone_reason(handle)
+                handle.stop(grace_s)
+                self.store.remove(name)
+                return DownResult(name, "cleared", why)
+            seconds = stop_record(self.store, self.runtimes, record, grace_s)
+            return DownResult(name, "stopped", handle.describe(), seconds)
+
+    def watch(
+        self,
+        plan: Plan,
+        handle: Handle,
+        period_s: float,
+        on_check: Callable[[int | None], None],
+    ) -> Iterator[None]:
+        """Check the engine every ``period_s``; yields after each check so callers may stop.
+
+        Raises:
+            LaunchError: The engine exited (its record is removed first).
+        """
+        while True:
+            time.sleep(period_s)
+            if not handle.alive():
+                self.store.remove(plan.name)
+                tail = handle.log_tail(health.SEARCH_LINES)
+                raise LaunchError(health.explain(f"{plan.name}: engine exited", tail))
+            on_check(health.probe(plan.endpoint, plan.profile.health.path))
+            yield
+
+    def state_of(self, record: Record, key: str | None) -> dict[str, Any]:
+        """A record's live state, as ``orch status --json`` shows it."""
+        handle = self.runtimes.attach(record)
+        alive = handle.alive()
+        row: dict[str, Any] = {
+            "name": record.name,
+            "runtime": record.runtime,
+            "engine": record.engine,
+            "state": "running" if alive else "not running",
+            "detail": "" if alive else gone_reason(handle),
+            "pid": record.pid,
+            "container": record.container_name,
+            "container_id": record.container_id,
+            "endpoint": record.endpoint,
+            "port": record.port,
+            "plan_hash": record.plan_hash,
+            "started_at": record.started_at,
+            "uptime_s": round(time.time() - record.started_at, 1) if alive else None,
+            "log": record.log_path,
+            "started_by": "orch serve" if record.gateway_pid else "orch up",
+            "gateway_pid": record.gateway_pid,
+        }
+        if alive:
+            code = health.probe(record.endpoint)
+            row["health"] = code
+            if code != 200:
+                row["state"] = "unhealthy" if code else "not answering"
+            row["figures"] = instances.live_figures(record.endpoint, key)
+            row["rss_bytes"] = instances.memory_in_use(handle.pids()).rss_bytes
+        return row
+
+
+@dataclass(frozen=True)
+class DownResult:
+    """What ``down`` did to one name."""
+
+    name: str
+    outcome: Literal["stopped", "cleared", "missing"]
+    detail: str = ""
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)

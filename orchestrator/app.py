@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -55,7 +55,15 @@ class App:
         return self.plan_for(self.resolve(name, hardware), read_header=read_header)
 
     def plan_for(self, resolved: ResolvedProfile, *, read_header: bool) -> Plan:
-        """Plan an already resolved profile (so callers that need both load it once)."""
+        """Plan an already resolved profile (so callers that need both load it once).
+
+        A ``gpus = "any"`` profile is planned on the first GPU whose budget it fits.
+        """
+        choices = gpu_choices(resolved)
+        if len(choices) > 1:
+            plans = [self.plan_for(choice, read_header=read_header) for choice in choices]
+            return next((p for p in plans if p.fits), plans[0])
+        resolved = choices[0]
         header = self.header(resolved) if read_header else None
         return build_plan(
             resolved,
@@ -80,6 +88,17 @@ class App:
             raise PreflightError(
                 f"{first} is not a readable GGUF file ({exc}); re-download it or fix model.path"
             ) from None
+
+
+def gpu_choices(resolved: ResolvedProfile) -> list[ResolvedProfile]:
+    """One profile per GPU for ``gpus = "any"`` (each with ``gpus = [i]``), else itself."""
+    if resolved.profile.gpus != "any" or not resolved.hardware.gpus:
+        return [resolved]
+    out = []
+    for gpu in sorted(resolved.hardware.gpus, key=lambda g: g.index):
+        profile = resolved.profile.model_copy(update={"gpus": (gpu.index,)})
+        out.append(replace(resolved, profile=profile))
+    return out
 
 
 def model_path(resolved: ResolvedProfile) -> Path:

@@ -273,10 +273,12 @@ def wait_ready(
                 )
             )
         wait = min(delay, max(deadline_s - elapsed, 0.0))
-        if activity is not None and _changed_within(activity, wait):
+        if activity is None:
+            time.sleep(wait)
+        elif _changed_within(activity, wait):
             delay = FIRST_DELAY_S
-        else:
-            delay = min(delay * 2, MAX_DELAY_S)
+            continue
+        delay = min(delay * 2, MAX_DELAY_S)
 
 
 def _changed_within(activity: Callable[[], Hashable], seconds: float) -> bool:

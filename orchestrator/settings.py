@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from orchestrator.gateway.config import ServeSettings
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,6 +39,8 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     podman_binary: str = "podman"
     default_bind_host: str = "127.0.0.1"
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    """``[serve]``: the gateway (``orch serve``)."""
 
     @classmethod
     def settings_customise_sources(

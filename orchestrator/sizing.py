@@ -67,6 +67,8 @@ def model_tensors(resolved: ResolvedProfile, header: GgufHeader | None) -> tuple
 def gpus_for(profile: ModelProfile, hardware: HardwareProfile) -> list[tuple[str, int]]:
     """``(name, vram_mib)`` of the GPUs this profile may use."""
     allowed = profile.gpus
+    if allowed == "any":  # callers choose one GPU (App.gpu_choices); alone, the first
+        allowed = tuple(sorted(g.index for g in hardware.gpus))[:1]
     runtime = profile.runtime
     if isinstance(runtime, PodmanRuntime) and not any(
         "gpu" in d or "nvidia" in d for d in runtime.devices

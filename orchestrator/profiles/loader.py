@@ -348,7 +348,7 @@ def check_references(resolved: ResolvedProfile) -> None:
             f"engine.tensor_parallel_size: {engine.tensor_parallel_size} but {hw} has "
             f"{len(hardware.gpus)} GPU(s)"
         )
-    for index in profile.gpus or ():
+    for index in profile.gpus if isinstance(profile.gpus, tuple) else ():
         if hardware.gpu(index) is None:
             problems.append(f"gpus: GPU {index} is not in {hw} ({has})")
     if profile.numactl is not None:

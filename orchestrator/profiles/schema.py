@@ -437,8 +437,9 @@ class ModelProfile(Strict):
     publish: Publish
     numactl: Numactl | None = None
     needs_whole_gpu: bool = False
-    gpus: tuple[NonNegInt, ...] | None = None
-    """GPU indices this profile may use (default: all the hardware has)."""
+    gpus: tuple[NonNegInt, ...] | Literal["any"] | None = None
+    """GPU indices this profile may use (default: all the hardware has). ``"any"``: one GPU,
+    whichever has room when it starts (``orch up``: the first whose budget fits)."""
     health: Health = Health()
     warmup: Warmup = Warmup()
     secrets: Secrets = Secrets()

@@ -1,0 +1,1 @@
+"""orch serve: one OpenAI-compatible endpoint that starts, swaps and stops profiles."""

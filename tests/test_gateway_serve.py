@@ -91,15 +91,30 @@ def _wait_listening(proc: subprocess.Popen[str], port: int, timeout: float = 60)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"orch serve exited {proc.returncode}: {proc.communicate()}")
+        # the socket is bound before start-up; /health answers once the gateway serves
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
                 return
+            conn.close()
         except OSError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     raise AssertionError("orch serve did not listen")
 
 
-def _profile(orch: OrchEnv, name: str, binary: Path, model: Path, *, ctx: int = 512, hardware: str = "tiny-ram", extra: str = "") -> int:
+def _profile(
+    orch: OrchEnv,
+    name: str,
+    binary: Path,
+    model: Path,
+    *,
+    ctx: int = 512,
+    hardware: str = "tiny-ram",
+    extra: str = "",
+) -> int:
     port = free_port()
     path = orch.llama_profile(name, model=model, binary=binary, port=port, warmup=1)
     text = path.read_text().replace('hardware = "small-cpu"', f'hardware = "{hardware}"')
@@ -168,7 +183,12 @@ def test_must_show(abc: Gateway) -> None:
         "POST",
         "/v1/chat/completions",
         body=json.dumps(
-            {"model": "a", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "hi"}]}
+            {
+                "model": "a",
+                "stream": True,
+                "max_tokens": 6,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
         ),
         headers={"Content-Type": "application/json"},
     )
@@ -191,7 +211,7 @@ def test_must_show(abc: Gateway) -> None:
     assert 'orch_requests_total{model="a",code="200"}' in text
     assert 'orch_requests_total{model="c",code="200"}' in text
     assert 'orch_stops_total{model="a",reason="evict"}' in text
-    assert 'orch_memory_planned_bytes{model=' in text
+    assert "orch_memory_planned_bytes{model=" in text
     assert 'llamacpp:tokens_predicted_total{model="' in text  # the engines' own, labelled
 
     ps = gw.orch.run("ps")
@@ -252,15 +272,24 @@ def test_client_disconnect_cancels_the_engine_request(abc: Gateway) -> None:
     endpoint_port = abc.ports["a"]
     sock = socket.create_connection(("127.0.0.1", abc.port))
     body = json.dumps(
-        {"model": "a", "stream": True, "max_tokens": 100000, "ignore_eos": True,
-         "messages": [{"role": "user", "content": "count"}]}
+        {
+            "model": "a",
+            "stream": True,
+            "max_tokens": 100000,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "count"}],
+        }
     ).encode()
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    assert b"data: " in sock.recv(65536)
+    seen = b""
+    while b"data: " not in seen:
+        chunk = sock.recv(65536)
+        assert chunk, seen
+        seen += chunk
     sock.close()
     deadline = time.monotonic() + 10
     busy = True
@@ -329,7 +358,12 @@ def test_queue_full_is_429_with_retry_after(
             code, headers, _ = gw.request(
                 "POST",
                 "/v1/chat/completions",
-                {"model": "a", "max_tokens": 2000, "ignore_eos": True, "messages": [{"role": "user", "content": "x"}]},
+                {
+                    "model": "a",
+                    "max_tokens": 2000,
+                    "ignore_eos": True,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
             )
             results.append((code, headers))
 
@@ -342,7 +376,7 @@ def test_queue_full_is_429_with_retry_after(
         codes = sorted(c for c, _ in results)
         assert codes == [200, 200, 429], codes  # one runs, one waits, one is refused
         refused = next(h for c, h in results if c == 429)
-        assert refused.get("Retry-After") == "3"
+        assert {k.lower(): v for k, v in refused.items()}.get("retry-after") == "3"
     finally:
         gw.stop()
 
@@ -394,7 +428,9 @@ def test_over_budget_and_failed_start_errors(
         "bad": _profile(orch_env, "bad", llama_server_binary, tiny_gguf),
     }
     text = (orch_env.profiles / "models" / "bad.toml").read_text()
-    orch_env.write_profile("bad", text.replace("extra_args = []", 'extra_args = ["--rope-scaling", "bogus"]'))
+    orch_env.write_profile(
+        "bad", text.replace("extra_args = []", 'extra_args = ["--rope-scaling", "bogus"]')
+    )
     gw = _start(orch_env, ["huge", "bad"], ports)
     try:
         status, body = gw.chat("huge")
@@ -443,4 +479,3 @@ def test_any_gpu_placement_goes_where_there_is_room(orch_env: OrchEnv) -> None:
     assert code == 0, out + err
     assert orch_env.record("holder") is not None  # orch up's instance is left alone
     assert orch_env.run("down", "holder").returncode == 0
-

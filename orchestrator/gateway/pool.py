@@ -181,6 +181,8 @@ class Pool:
     async def start(self) -> None:
         """Adopt or clean up what a killed gateway left, note ``orch up``'s, start ticking."""
         await asyncio.to_thread(self._adopt_or_clean)
+        self.scheduler.externals = await asyncio.to_thread(self._externals)
+        self._last_liveness = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())
         self._step()
 

@@ -64,7 +64,8 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         code, _, data = self.request("GET", "/orch/status")
         assert code == 200
-        return json.loads(data)
+        parsed: dict[str, Any] = json.loads(data)
+        return parsed
 
     def states(self) -> dict[str, str]:
         return {m["name"]: m["state"] for m in self.status()["models"]}

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-REQUESTS = 200
+REQUESTS = int(os.environ.get('BENCH_REQUESTS', '200'))
 STREAMS = 60
-THROUGHPUT_S = 6.0
+THROUGHPUT_S = float(os.environ.get('BENCH_SECONDS', '6'))
 
 PROFILE = """\
 architecture = "synthetic-tiny-dense"

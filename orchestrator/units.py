@@ -149,3 +149,56 @@ def render_unit(plan: Plan, host: UnitHost, env: jinja2.Environment) -> str:
         raise UnitError(f"template {exc.name!r} not found in {env.loader}") from None
     except jinja2.UndefinedError as exc:
         raise UnitError(f"{TEMPLATE}: {exc.message}") from None
+
+
+SERVE_TEMPLATE = "systemd/orch-serve.service.j2"
+SERVE_START_BASE_S = 30
+"""Allowance for the gateway itself to plan its profiles and bind its port."""
+
+
+def serve_unit_name() -> str:
+    """The gateway unit's file name."""
+    return "orch-serve.service"
+
+
+def render_serve_unit(
+    names: list[str],
+    pinned: list[Plan],
+    host: UnitHost,
+    env: jinja2.Environment,
+    *,
+    port: int,
+    drain_grace_s: float,
+) -> str:
+    """The unit text for ``orch serve NAMES --port PORT``.
+
+    The start timeout covers loading every pinned profile (its load timeout plus its warm-up
+    allowance) one after another; the stop timeout covers the drain and the engines' stops.
+    """
+    if not PurePosixPath(host.orch_path).is_absolute():
+        raise UnitError(f"orch path {host.orch_path!r} is not absolute (systemd needs one)")
+    words = [quote_word(host.orch_path), "serve", *(quote_word(n) for n in names)]
+    words += ["--port", str(port)]
+    start = SERVE_START_BASE_S + sum(start_timeout_s(p) for p in pinned)
+    note = (
+        "pinned " + ", ".join(f"{p.name} {start_timeout_s(p)} s" for p in pinned)
+        if pinned
+        else "no pinned profiles"
+    )
+    context = {
+        "description": escape_specifiers(f"orch serve: {', '.join(names)}"),
+        "wants": [] if host.user else ["network-online.target"],
+        "after": [] if host.user else ["network-online.target"],
+        "exec_start": " ".join(words),
+        "environment": [environment_line(k, v) for k, v in sorted(host.environment.items())],
+        "pinned_note": escape_specifiers(note),
+        "timeout_start_s": start,
+        "drain_s": math.ceil(drain_grace_s),
+        "timeout_stop_s": math.ceil(drain_grace_s) + STOP_TIMEOUT_S,
+        "restart_s": RESTART_S,
+        "wanted_by": "default.target" if host.user else "multi-user.target",
+    }
+    try:
+        return env.get_template(SERVE_TEMPLATE).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise UnitError(f"template {exc.name!r} not found in {env.loader}") from None

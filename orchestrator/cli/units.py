@@ -18,7 +18,13 @@ from orchestrator.memory.tensors import read_gguf, split_paths
 from orchestrator.newprofile import check_name, pick_port, propose, taken_ports, write_files
 from orchestrator.probe import missing_files, port_in_use
 from orchestrator.systemd import install, unit_dir
-from orchestrator.units import UnitHost, render_unit, unit_name
+from orchestrator.units import (
+    UnitHost,
+    render_serve_unit,
+    render_unit,
+    serve_unit_name,
+    unit_name,
+)
 
 SYSTEMD_EPILOG = """\
 examples:
@@ -27,6 +33,8 @@ examples:
   sudo orch systemd demo --install         /etc/systemd/system, daemon-reload, enable
   orch systemd demo --user --install       ~/.config/systemd/user, systemctl --user ...
   systemctl [--user] start orch-demo       then: journalctl -u orch-demo -f
+
+  orch systemd --serve a b --port 8080    a unit for the gateway (orch serve a b)
 
 The unit runs `orch up --foreground NAME` (Type=notify: READY after warm-up) with the
 ORCH_* settings and PATH of the shell that generated it.
@@ -59,7 +67,18 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=SYSTEMD_EPILOG,
     )
-    p.add_argument("name", metavar="NAME", help="profile name (profiles/models/NAME.toml)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="profile name (profiles/models/NAME.toml); with --serve, the profiles to serve",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="a unit for the gateway (`orch serve NAME...`; default: [serve].models)",
+    )
+    p.add_argument("--port", type=int, help="with --serve: the gateway's port")
     p.add_argument("--user", action="store_true", help="a unit for `systemctl --user`")
     p.add_argument("--install", action="store_true", help="write it, daemon-reload and enable")
     p.add_argument("--output", type=Path, metavar="FILE", help="write the unit to FILE")
@@ -135,10 +154,32 @@ def unit_environment(app: App) -> dict[str, str]:
 
 def cmd_systemd(args: argparse.Namespace, app: App, console: Console) -> int:
     """Print, write or install the unit."""
-    plan = app.plan(args.name, read_header=True)
     host = UnitHost(find_orch(args.orch_path), unit_environment(app), user=args.user)
-    text = render_unit(plan, host, app.templates)
-    filename = unit_name(plan.name)
+    if args.serve:
+        serve = app.settings.serve
+        names = list(args.names) or list(serve.models)
+        if not names:
+            raise ProfileError(
+                "orch systemd --serve", ["name the profiles to serve, or set [serve].models"]
+            )
+        for name in names:
+            app.resolve(name)
+        pinned = [app.plan(n, read_header=True) for n in serve.pinned if n in names]
+        text = render_serve_unit(
+            names,
+            pinned,
+            host,
+            app.templates,
+            port=args.port or serve.port,
+            drain_grace_s=serve.drain_grace_s,
+        )
+        filename = serve_unit_name()
+    else:
+        if len(args.names) != 1:
+            raise ProfileError("orch systemd", ["name one profile (or use --serve)"])
+        plan = app.plan(args.names[0], read_header=True)
+        text = render_unit(plan, host, app.templates)
+        filename = unit_name(plan.name)
     if args.output:
         try:
             args.output.write_text(text, encoding="utf-8")

@@ -74,7 +74,7 @@ def _view(live: bool) -> tuple[UpView, io.StringIO, list[str]]:
     out = io.StringIO()
     sent: list[str] = []
     notifier = Notifier(None)
-    notifier._send = sent.append  # type: ignore[method-assign]
+    notifier._send = sent.append  # type: ignore[method-assign,assignment]
     view = UpView(Console(file=out, width=200), notifier, live=live, plain_every_s=5)
     return view, out, sent
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-REQUESTS = int(os.environ.get('BENCH_REQUESTS', '200'))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "200"))
 STREAMS = 60
-THROUGHPUT_S = float(os.environ.get('BENCH_SECONDS', '6'))
+THROUGHPUT_S = float(os.environ.get("BENCH_SECONDS", "6"))
 
 PROFILE = """\
 architecture = "synthetic-tiny-dense"
@@ -75,7 +75,9 @@ def call(port: int, body: dict[str, Any], conn: http.client.HTTPConnection | Non
     own = conn is None
     conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     start = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
     response = conn.getresponse()
     response.read()
     took = time.perf_counter() - start
@@ -89,7 +91,9 @@ def ttft(port: int, model: str = "g") -> float:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     body = {**BODY, "model": model, "stream": True, "max_tokens": 8}
     start = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
     response = conn.getresponse()
     first = None
     while True:
@@ -136,9 +140,15 @@ def status(port: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    binary = os.environ.get("ORCH_TEST_LLAMA_SERVER") or subprocess.run(
-        [str(REPO / "scripts" / "build-llama-server.sh")], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
+    binary = (
+        os.environ.get("ORCH_TEST_LLAMA_SERVER")
+        or subprocess.run(
+            [str(REPO / "scripts" / "build-llama-server.sh")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
+    )
     root = Path(tempfile.mkdtemp(prefix="orch-bench-gw-"))
     from orchestrator.synthetic import SPECS, write_gguf
 
@@ -192,19 +202,25 @@ def main() -> int:
         print(f"non-streamed, {REQUESTS} requests each, keep-alive, max_tokens 4:")
         for q, label in ((0.5, "p50"), (0.99, "p99")):
             d, g = pct(direct, q), pct(via, q)
-            print(f"  {label}: direct {d * 1000:.2f} ms, via orch serve {g * 1000:.2f} ms, added {(g - d) * 1000:+.2f} ms")
+            print(
+                f"  {label}: direct {d * 1000:.2f} ms, via orch serve {g * 1000:.2f} ms, added {(g - d) * 1000:+.2f} ms"
+            )
         dt: list[float] = []
         gt: list[float] = []
         for _ in range(STREAMS):
             dt.append(ttft(engine_port))
             gt.append(ttft(gw_port))
         d, g = statistics.median(dt), statistics.median(gt)
-        print(f"streamed TTFT, {STREAMS} each, median: direct {d * 1000:.2f} ms, via orch serve {g * 1000:.2f} ms, added {(g - d) * 1000:+.2f} ms")
+        print(
+            f"streamed TTFT, {STREAMS} each, median: direct {d * 1000:.2f} ms, via orch serve {g * 1000:.2f} ms, added {(g - d) * 1000:+.2f} ms"
+        )
         print(f"throughput, {THROUGHPUT_S:g} s per point (requests/s; engine has 4 slots):")
         for clients in (1, 4, 16):
             d = throughput(engine_port, clients)
             g = throughput(gw_port, clients)
-            print(f"  {clients:2d} clients: direct {d:.1f}, via orch serve {g:.1f} ({g / d * 100:.1f} % of direct)")
+            print(
+                f"  {clients:2d} clients: direct {d:.1f}, via orch serve {g:.1f} ({g / d * 100:.1f} % of direct)"
+            )
         print("swap (s1 and s2 cannot run together): request for the unloaded one -> first token")
         call(gw_port, {**BODY, "model": "s1"})
         for run in range(3):
@@ -215,7 +231,11 @@ def main() -> int:
             marks = next(m for m in status(gw_port)["models"] if m["name"] == target)["last_load"]
             engine = marks.get("launched_to_ready_s", 0) + marks.get("warming_to_warm_s", 0)
             stop_s = marks.get("request_to_load_s", 0)
-            orch = marks.get("load_to_launched_s", 0) + marks.get("ready_to_warming_s", 0) + marks.get("warm_to_grant_s", 0)
+            orch = (
+                marks.get("load_to_launched_s", 0)
+                + marks.get("ready_to_warming_s", 0)
+                + marks.get("warm_to_grant_s", 0)
+            )
             print(
                 f"  {target}: first token after {first * 1000:.0f} ms: stopping the other {stop_s * 1000:.0f} ms, "
                 f"engine load + warm-up {engine * 1000:.0f} ms, orch (plan/preflight/launch, hand-over) {orch * 1000:.0f} ms, "

@@ -48,7 +48,7 @@ def nice_ceiling(value: float) -> tuple[float, float]:
 def value_label(value: float) -> str:
     """A tok/s figure with as many decimals as its size needs."""
     if value >= 100:
-        return f"{value:.0f}"
+        return f"{value:,.0f}"
     if value >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
@@ -88,7 +88,7 @@ def _x_ticks(rows: Sequence[RunRow], xscale: _XScale) -> list[tuple[float, str]]
 
 def tick_label(value: float, step: float) -> str:
     """A y-axis tick: whole numbers when the step is, else as few decimals as it needs."""
-    return f"{value:.0f}" if step >= 1 else f"{value:g}"
+    return f"{value:,.0f}" if step >= 1 else f"{value:g}"
 
 
 def _text(x: float, y: float, text: str, **attrs: str | float) -> str:

@@ -88,6 +88,8 @@ class BenchResult:
     """What a time-bounded sweep left out, and why."""
     chart: str | None = None
     """The sweep's SVG, a file name next to the ledger."""
+    host_load: tuple[float, ...] = ()
+    """The host's 1-minute load average before and after: other work slows a bench too."""
     schema: int = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +111,7 @@ class BenchResult:
         data["runs"] = [asdict(r) for r in self.runs]
         data["planned"] = list(self.planned)
         data["skipped"] = list(self.skipped)
+        data["host_load"] = list(self.host_load)
         return data
 
     def to_report(self) -> dict[str, Any]:
@@ -146,6 +149,7 @@ class BenchResult:
             steady_rule=str(data["steady_rule"]),
             skipped=tuple(str(s) for s in data.get("skipped", ())),
             chart=str(chart) if chart else None,
+            host_load=tuple(float(x) for x in data.get("host_load", ())),
             schema=int(data.get("schema", SCHEMA)),
             extra=dict(data.get("extra") or {}),
         )

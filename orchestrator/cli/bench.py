@@ -238,7 +238,8 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
         method = ref.method
     if ref is not None and ref.method != method:
         raise ProfileError(
-            "--compare", [f"{ref.id} is a {ref.method} result; compare it with --{ref.method}"]
+            "--compare",
+            [f"{ref.id} is a {ref.method} result; a {method} cannot be compared with it"],
         )
     if health.probe(record.endpoint) != 200:
         raise NotRunningError(f"{args.name}: {record.endpoint}/health is not 200")
@@ -253,10 +254,11 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
     target = _target(plan, record)
     binary, engine_file = _engine_file(app, plan)
     build = engine_build(record.endpoint, target.api_key, binary)
-    progress = _Progress(console, quiet=args.json)
+    progress = _Progress(console, quiet=args.json, sweep=method == "sweep")
+    load_before = os.getloadavg()[0]
     if method == "series":
         plan_of_runs = _series_schedule(args, ref, limit)
-        progress.header(args.name, method, len(plan_of_runs), max_tokens, build)
+        progress.header(args.name, len(plan_of_runs), max_tokens, build)
         rows = run_series(
             target, plan_of_runs, max_tokens=max_tokens, prompt_cache=prompt_cache, on_row=progress
         )
@@ -265,7 +267,7 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
     else:
         plan_of_runs = _sweep_depths(args, ref, limit)
         budget = args.budget or DEFAULT_BUDGET_S
-        progress.header(args.name, method, len(plan_of_runs), max_tokens, build)
+        progress.header(args.name, len(plan_of_runs), max_tokens, build)
         rows, skipped = run_sweep(
             target,
             plan_of_runs,
@@ -293,6 +295,7 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
         steady_from=steady_from,
         steady_rule=rule,
         skipped=tuple(skipped),
+        host_load=(round(load_before, 2), round(os.getloadavg()[0], 2)),
     )
     if method == "sweep" and rows:
         result = _draw(result, path.parent)
@@ -315,19 +318,12 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
 
 
 def _series_schedule(args: argparse.Namespace, ref: BenchResult | None, limit: int) -> list[int]:
+    """Each run's prompt size: as asked, as the reference had them, or seed 003's spread."""
     if args.prompt_tokens is None and args.runs is None and ref is not None:
-        return list(ref.planned)  # the same prompts in the same order: pairs to compare
+        # the same prompts in the same order: runs pair up for the comparison
+        return _fitting(list(ref.planned), limit, f"--compare {ref.id}")
     if args.prompt_tokens is not None:
-        sizes = _int_list(args.prompt_tokens, "--prompt-tokens")
-        too_big = [s for s in sizes if s > limit]
-        if too_big:
-            raise ProfileError(
-                "--prompt-tokens",
-                [
-                    f"{', '.join(map(str, too_big))}: larger than the {limit} prompt tokens one "
-                    "request may hold here (context per slot - --max-tokens - template margin)"
-                ],
-            )
+        sizes = _fitting(_int_list(args.prompt_tokens, "--prompt-tokens"), limit, "--prompt-tokens")
     else:
         sizes = schedule.series_sizes(limit) or [limit]
     runs = args.runs or (len(ref.runs) if ref is not None else DEFAULT_RUNS)
@@ -335,18 +331,26 @@ def _series_schedule(args: argparse.Namespace, ref: BenchResult | None, limit: i
 
 
 def _sweep_depths(args: argparse.Namespace, ref: BenchResult | None, limit: int) -> list[int]:
+    """The depths to visit: as asked, as the reference had them, or 0, 512, 1K, ... ctx."""
     if args.depths is not None:
-        depths = sorted(set(_int_list(args.depths, "--depths")))
-        too_deep = [d for d in depths if d > limit]
-        if too_deep:
-            raise ProfileError(
-                "--depths",
-                [f"{', '.join(map(str, too_deep))}: deeper than the {limit} tokens that fit"],
-            )
-        return depths
+        return _fitting(sorted(set(_int_list(args.depths, "--depths"))), limit, "--depths")
     if ref is not None:
-        return list(ref.planned)
+        return _fitting(list(ref.planned), limit, f"--compare {ref.id}")
     return schedule.sweep_depths(limit)
+
+
+def _fitting(sizes: list[int], limit: int, option: str) -> list[int]:
+    too_big = sorted({s for s in sizes if s > limit})
+    if too_big:
+        raise ProfileError(
+            option,
+            [
+                f"{', '.join(map(str, too_big))}: more than the {limit} prompt tokens one request "
+                "may hold here (context per slot - --max-tokens - "
+                f"{schedule.TEMPLATE_MARGIN} for the chat template)"
+            ],
+        )
+    return sizes
 
 
 def _reference(args: argparse.Namespace, path: Path, record: Record) -> BenchResult:
@@ -436,80 +440,75 @@ def _keyed(result: BenchResult) -> dict[tuple[int, int], RunRow]:
 class _Progress:
     """Prints the per-run table a row at a time, as the runs finish (stderr with --json)."""
 
-    COLUMNS = f"{'#':>4}  {'prompt tok':>10}  {'generated':>9}  {'PP tok/s':>9}  " + (
-        f"{'TG tok/s':>9}  {'total s':>8}"
-    )
-
-    def __init__(self, console: Console, *, quiet: bool) -> None:
+    def __init__(self, console: Console, *, quiet: bool, sweep: bool) -> None:
         self.console = console if not quiet else Console(stderr=True, highlight=False)
+        self.sweep = sweep
 
-    def header(self, name: str, method: str, count: int, max_tokens: int, build: str) -> None:
-        what = f"{count} runs" if method == "series" else f"{count} depths"
+    def header(self, name: str, count: int, max_tokens: int, build: str) -> None:
+        what = f"sweep · {count} depths" if self.sweep else f"series · {count} runs"
         self.console.print(
-            f"{name} · {method} · {what} · {max_tokens} tokens generated each · engine {build}",
+            f"{name} · {what} · {max_tokens} tokens generated each · engine {build}",
             markup=False,
         )
-        self.console.print(self.COLUMNS, markup=False)
+        depth = f"{'depth':>7}  " if self.sweep else ""
+        self.console.print(
+            f"{'#':>4}  {depth}{'prompt tok':>10}  {'generated':>9}  {'PP tok/s':>9}  "
+            f"{'TG tok/s':>9}  {'total s':>8}",
+            markup=False,
+        )
 
     def __call__(self, row: RunRow) -> None:
-        self.console.print(_row_line(row), markup=False)
-
-
-def _row_line(row: RunRow, mark: str = "") -> str:
-    return (
-        f"{row.run:>4}  {row.prompt_tokens:>10,}  {row.generated:>9,}  {_fmt(row.pp_tps):>9}  "
-        f"{_fmt(row.tg_tps):>9}  {row.total_s:>8.2f}{mark}"
-    )
+        depth = f"{chart.tokens_label(row.requested_tokens):>7}  " if self.sweep else ""
+        self.console.print(
+            f"{row.run:>4}  {depth}{row.prompt_tokens:>10,}  {row.generated:>9,}  "
+            f"{_fmt(row.pp_tps):>9}  {_fmt(row.tg_tps):>9}  {row.total_s:>8.2f}",
+            markup=False,
+        )
 
 
 def _print_result(console: Console, result: BenchResult, path: Path, position: int) -> None:
-    def say(text: str) -> None:
-        console.print(text, markup=False)
+    lines = _series_lines(result) if result.method == "series" else _sweep_lines(result, path)
+    for line in [*lines, f"saved as #{position} ({result.id}) in {path}"]:
+        console.print(line, markup=False)
 
-    if result.method == "series":
-        runs = len(result.runs)
-        if result.steady_from:
-            first = result.steady_from + 1
-            say(f"warm-up: runs 1-{result.steady_from}; steady state: runs {first}-{runs}")
-        else:
-            say(f"steady state: all {runs} runs")
-        if result.steady_rule == "auto":
-            tg = [r.tg_tps for r in result.runs]
-            if len(tg) >= stats.MIN_STEADY_CUT_RUNS:
-                settled, band = stats.steady_band(tg)
-                say(
-                    f"  (auto: TG settles at {_fmt(settled)} tok/s, median of runs "
-                    f"{runs // 2 + 1}-{runs}; band ±{_fmt(band)}; warm-up ends after the last "
-                    "early run outside it)"
-                )
-            else:
-                say(f"  (auto: fewer than {stats.MIN_STEADY_CUT_RUNS} runs, nothing cut)")
-        else:
-            say(f"  ({result.steady_rule})")
-    summary = result.summary()
-    rows = [[f"steady state ({summary['tg_tps'].n} runs)", "PP tok/s", "TG tok/s"]]
-    for label in ("min", "mean", "max"):
-        rows.append(
-            [
-                label,
-                _fmt(getattr(summary["pp_tps"], label)),
-                _fmt(getattr(summary["tg_tps"], label)),
-            ]
-        )
-    rows.append(["cv", f"{summary['pp_tps'].cv:.1%}", f"{summary['tg_tps'].cv:.1%}"])
-    for line in _columns(rows, right=(1, 2)):
-        say(line)
-    if result.method == "series":
-        by_size = _tg_by_size(result.steady)
-        say("TG by prompt size (steady): " + " · ".join(f"{k:,}: {v}" for k, v in by_size))
+
+def _series_lines(result: BenchResult) -> list[str]:
+    """The steady-state cut and why, min/mean/max over it, and TG per prompt size."""
+    runs = len(result.runs)
+    lines = []
+    if result.steady_from:
+        warm = "run 1" if result.steady_from == 1 else f"runs 1-{result.steady_from}"
+        lines.append(f"warm-up: {warm}; steady state: runs {result.steady_from + 1}-{runs}")
     else:
-        for line in chart.bars(result.runs):
-            say(line)
-        for line in result.skipped:
-            say(line)
-        if result.chart:
-            say(f"chart: {path.parent / result.chart}")
-    say(f"saved as #{position} ({result.id}) in {path}")
+        lines.append(f"steady state: all {runs} runs")
+    if result.steady_rule != "auto":
+        lines.append(f"  ({result.steady_rule})")
+    elif runs < stats.MIN_STEADY_CUT_RUNS:
+        lines.append(f"  (auto: fewer than {stats.MIN_STEADY_CUT_RUNS} runs, nothing cut)")
+    else:
+        settled, band = stats.steady_band([r.tg_tps for r in result.runs])
+        lines.append(
+            f"  (auto: TG settles at {_fmt(settled)} tok/s, the median of runs "
+            f"{runs // 2 + 1}-{runs}, band ±{_fmt(band)}; warm-up ends after the last early "
+            "run outside it)"
+        )
+    summary = result.summary()
+    pp, tg = summary["pp_tps"], summary["tg_tps"]
+    rows = [[f"steady state ({tg.n} runs)", "PP tok/s", "TG tok/s"]]
+    rows += [[k, _fmt(getattr(pp, k)), _fmt(getattr(tg, k))] for k in ("min", "mean", "max")]
+    rows.append(["cv", f"{pp.cv:.1%}", f"{tg.cv:.1%}"])
+    lines += _columns(rows, right=(1, 2))
+    by_size = _tg_by_size(result.steady)
+    lines.append("TG by prompt size (steady): " + " · ".join(f"{k:,}: {v}" for k, v in by_size))
+    return lines
+
+
+def _sweep_lines(result: BenchResult, path: Path) -> list[str]:
+    """Bars per depth, what was skipped, and where the picture is."""
+    lines = chart.bars(result.runs) + list(result.skipped)
+    if result.chart:
+        lines.append(f"chart: {path.parent / result.chart}")
+    return lines
 
 
 def _tg_by_size(rows: Sequence[RunRow]) -> list[tuple[int, str]]:
@@ -556,6 +555,13 @@ def _print_compare(
         lines.append(f"engine file: {ref.engine_file} -> {new.engine_file}")
     if ref.plan_hash != new.plan_hash:
         lines.append(f"plan hash: {ref.plan_hash} -> {new.plan_hash}")
+    if ref.host_load and new.host_load:
+        lines.append(
+            "host load (1-min average, before/after): "
+            f"{ref.host_load[0]:g}/{ref.host_load[-1]:g} -> "
+            f"{new.host_load[0]:g}/{new.host_load[-1]:g} on {os.cpu_count()} CPUs "
+            "(other work on the machine slows a bench too)"
+        )
     lines.append(
         "regression: significantly slower (the whole interval below 0) by more than "
         f"{first.threshold:.0%}"

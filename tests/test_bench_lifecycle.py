@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,10 +49,10 @@ def _ledger(orch: OrchEnv) -> Path:
     return orch.state / "bench" / "demo" / ledger.LEDGER_FILE
 
 
-def _bench_json(orch: OrchEnv, *args: str) -> dict[str, object]:
+def _bench_json(orch: OrchEnv, *args: str) -> dict[str, Any]:
     done = orch.run("bench", "demo", *args, "--json", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
@@ -66,7 +67,7 @@ def test_bench_demo_twice_then_history_and_compare(
     assert isinstance(runs, list) and len(runs) == 4
     limit = 2048 - 16 - 64  # demo ctx, one slot - generated - template margin
     assert first["planned"] == [512, limit, 1024, 512]
-    for row, asked in zip(runs, first["planned"], strict=True):  # type: ignore[call-overload]
+    for row, asked in zip(runs, first["planned"], strict=True):
         assert row["generated"] == 16 and row["source"] == "timings"
         assert asked <= row["prompt_tokens"] <= asked + 64, row  # the whole prompt, no cache
         assert row["pp_tps"] > 0 and row["tg_tps"] > 0
@@ -108,7 +109,9 @@ def test_bench_demo_twice_then_history_and_compare(
     print(f"[measured] orch bench demo --compare:\n{compare.stdout}")
     assert compare.returncode in (0, 7), compare.stdout + compare.stderr
     assert f"against {second_id}" in compare.stdout
-    verdicts = re.findall(r"^  (TG|PP) tok/s .*  (" + "|".join(VERDICTS) + ")$", compare.stdout, re.M)
+    verdicts = re.findall(
+        r"^  (TG|PP) tok/s .*  (" + "|".join(VERDICTS) + ")$", compare.stdout, re.M
+    )
     assert [m[0] for m in verdicts] == ["TG", "PP"]
     assert (compare.returncode == 7) == any(v == "regression" for _, v in verdicts)
     rerun = ledger.read(_ledger(demo)).results[-1]
@@ -143,7 +146,7 @@ def test_ledger_survives_a_cut_short_line(demo: OrchEnv) -> None:
 
 def test_prompt_cache_is_defeated_unless_asked(demo: OrchEnv) -> None:
     fresh = _bench_json(demo, "--prompt-tokens", "512", "--runs", "3", "--max-tokens", "8")
-    assert all(r["prompt_tokens"] >= 512 for r in fresh["runs"])  # type: ignore[attr-defined]
+    assert all(r["prompt_tokens"] >= 512 for r in fresh["runs"])
     cached = _bench_json(
         demo, "--prompt-tokens", "512", "--runs", "3", "--max-tokens", "8", "--prompt-cache"
     )

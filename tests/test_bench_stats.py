@@ -224,3 +224,35 @@ def _engine(engine: str) -> dict[str, object]:
 def test_request_limit(engine: str, limit: int) -> None:
     assert schedule.request_limit(_profile(engine)) == limit
     assert schedule.prompt_limit(limit, 128) == limit - 128 - schedule.TEMPLATE_MARGIN
+
+
+# ---------------------------------------------------------------- the threshold
+
+
+def test_noise_threshold_needs_three_benches() -> None:
+    assert stats.noise_threshold([]) == (stats.THRESHOLD_FLOOR, None)
+    assert stats.noise_threshold([22.5, 18.0]) == (stats.THRESHOLD_FLOOR, None)
+
+
+def test_quiet_benches_keep_the_floor() -> None:
+    threshold, sigma = stats.noise_threshold([22.5, 22.4, 22.6, 22.5])
+    assert sigma is not None and sigma < 0.01
+    assert threshold == stats.THRESHOLD_FLOOR
+
+
+def test_drifting_benches_raise_the_threshold() -> None:
+    means = [55.7, 189.0, 213.0, 1112.0, 769.0]  # the demo under load: see the README
+    threshold, sigma = stats.noise_threshold(means)
+    logs = [math.log(m) for m in means]
+    assert sigma is not None and sigma == pytest.approx(statistics.stdev(logs))
+    assert threshold == pytest.approx(1 - math.exp(-stats.NOISE_SIGMAS * sigma))
+    assert 0.5 < threshold < 1  # a slowdown, so always below 100 %
+
+
+def test_a_slowdown_inside_the_drift_is_no_regression() -> None:
+    threshold, _ = stats.noise_threshold([22.5, 20.0, 24.5, 21.0, 23.5])  # ~8 % drift
+    ref, new = _runs(22.5), _runs(20.5, NOISE[::-1])  # 9 % slower, significant
+    assert compare("TG", ref, new, paired=True, threshold=0.05).verdict == "regression"
+    assert compare("TG", ref, new, paired=True, threshold=threshold).verdict == (
+        "no significant change"
+    )

@@ -21,6 +21,12 @@ MIN_STEADY_CUT_RUNS = 4
 """Below this many runs there is no second half to judge the first by: nothing is cut."""
 MIN_COMPARE_RUNS = 3
 """Fewer runs (per side, or pairs) than this give no confidence interval worth a verdict."""
+THRESHOLD_FLOOR = 0.05
+"""The smallest slowdown --compare calls a regression: the steady band's own width."""
+NOISE_SIGMAS = 2.0
+"""The threshold covers this many standard deviations of the bench-to-bench noise."""
+MIN_NOISE_RESULTS = 3
+"""Repeats of one configuration needed before their spread is taken as its noise."""
 
 
 def steady_start(tg_tps: Sequence[float]) -> int:
@@ -171,6 +177,8 @@ class Change:
     pairs: int
     threshold: float
     verdict: Verdict
+    threshold_basis: str = ""
+    """Where ``threshold`` came from (given, or measured bench-to-bench noise)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -192,6 +200,7 @@ def compare(
     paired: bool,
     threshold: float,
     confidence: float = 0.95,
+    threshold_basis: str = "",
 ) -> Change:
     """Whether ``new`` is slower than ``ref`` by more than ``threshold``, with confidence.
 
@@ -245,6 +254,7 @@ def compare(
         pairs=pairs,
         threshold=threshold,
         verdict=verdict,
+        threshold_basis=threshold_basis,
     )
 
 
@@ -256,3 +266,26 @@ def _welch_half_width(a: Sequence[float], b: Sequence[float], alpha: float) -> f
         return 0.0
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return t_quantile(1 - alpha / 2, df) * se
+
+
+def noise_threshold(
+    bench_means: Sequence[float], floor: float = THRESHOLD_FLOOR
+) -> tuple[float, float | None]:
+    """The slowdown threshold for one configuration, from how much its benches drift.
+
+    The confidence interval of a comparison covers the run-to-run noise within the two
+    benches, not what changes between them (other work on the machine, clocks, page
+    cache), which moves every run of a bench together. Earlier benches of the very same
+    configuration measure that drift: with ``MIN_NOISE_RESULTS`` or more of them, the
+    threshold is the slowdown of ``NOISE_SIGMAS`` standard deviations of their log mean
+    tok/s, and never below ``floor``.
+
+    Returns:
+        The threshold (a fraction), and the standard deviation of the log means (None when
+        there are too few benches to tell).
+    """
+    logs = _logs(bench_means)
+    if len(logs) < MIN_NOISE_RESULTS:
+        return floor, None
+    sigma = statistics.stdev(logs)
+    return max(floor, -math.expm1(-NOISE_SIGMAS * sigma)), sigma

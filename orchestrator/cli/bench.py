@@ -28,9 +28,6 @@ REGRESSION_EXIT = 7
 DEFAULT_RUNS = 8
 DEFAULT_MAX_TOKENS = 128
 DEFAULT_BUDGET_S = 600.0
-DEFAULT_THRESHOLD_PCT = 10.0
-"""See the README ("orch bench"): twice the largest bench-to-bench change of mean TG/PP
-measured between identical demo benches on this machine."""
 
 DESCRIPTION = """\
 Measure a running instance the way the lab notes do (seed 003), and remember the result.
@@ -64,11 +61,11 @@ examples:
 
 exit codes:
   0  done (with --compare: no significant regression, or too few runs to tell)
-  {REGRESSION_EXIT}  --compare: TG or PP is significantly slower than the reference, by more
-     than --threshold (default {DEFAULT_THRESHOLD_PCT:g} %)
   2  bad arguments, or no reference result to compare with
   5  the engine answered a request with an error
   6  NAME is not running (--history works without it)
+  {REGRESSION_EXIT}  --compare: TG or PP is significantly slower than the reference, by more
+     than the threshold
 """
 
 
@@ -82,28 +79,40 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--runs", type=int, help=f"series: requests (default {DEFAULT_RUNS})")
+    p.add_argument(
+        "--runs", type=int, metavar="N", help=f"series: requests (default {DEFAULT_RUNS})"
+    )
     p.add_argument(
         "--prompt-tokens",
+        metavar="LIST",
         help="series: comma-separated prompt sizes, cycled (default: 512, 1K, ... 16K within "
         "the profile's ctx)",
     )
     p.add_argument(
         "--max-tokens",
         type=int,
+        metavar="N",
         help=f"tokens generated per request (default {DEFAULT_MAX_TOKENS})",
     )
     p.add_argument(
-        "--warmup-runs", type=int, help="series: count the first N runs as warm-up (default: auto)"
+        "--warmup-runs",
+        type=int,
+        metavar="N",
+        help="series: count the first N runs as warm-up (default: auto)",
     )
     p.add_argument(
         "--prompt-cache", action="store_true", help="let the engine reuse cached prompt prefixes"
     )
     p.add_argument("--sweep", action="store_true", help="TG and PP against context depth")
-    p.add_argument("--depths", help="sweep: comma-separated depths (default: 0, 512, 1K, ... ctx)")
+    p.add_argument(
+        "--depths",
+        metavar="LIST",
+        help="sweep: comma-separated depths (default: 0, 512, 1K, ... ctx)",
+    )
     p.add_argument(
         "--budget",
         type=float,
+        metavar="SECONDS",
         help=f"sweep: seconds for the whole sweep (default {DEFAULT_BUDGET_S:g})",
     )
     p.add_argument("--history", action="store_true", help="list the results in the ledger")
@@ -118,9 +127,10 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_THRESHOLD_PCT,
         metavar="PCT",
-        help=f"--compare: smallest slowdown that counts, in %% (default {DEFAULT_THRESHOLD_PCT:g})",
+        help="--compare: the smallest slowdown that counts, in %% (default: measured, "
+        f"{stats.NOISE_SIGMAS:g} sigma of the drift between the ledger's benches of the same "
+        f"configuration, at least {stats.THRESHOLD_FLOOR:.0%})",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_bench)
@@ -302,7 +312,10 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
     ledger.append(path, result)
     position = len(ledger.read(path).results)
 
-    change = _compare(ref, result, args.threshold / 100) if ref is not None else None
+    change = None
+    if ref is not None:
+        others = [r for r in _read_ledger(path).results if r.id != result.id]
+        change = _compare(ref, result, _thresholds(args.threshold, ref, others))
     if args.json:
         report = result.to_report()
         report["ledger"] = str(path)
@@ -396,7 +409,48 @@ def _draw(result: BenchResult, folder: Path) -> BenchResult:
     return BenchResult(**{**result.__dict__, "chart": name})
 
 
-def _compare(ref: BenchResult, new: BenchResult, threshold: float) -> list[stats.Change]:
+def _thresholds(
+    given_pct: float | None, ref: BenchResult, others: Sequence[BenchResult]
+) -> dict[str, tuple[float, str]]:
+    """Per metric: the slowdown that counts as a regression, and what it rests on."""
+    if given_pct is not None:
+        return {key: (given_pct / 100, "--threshold") for key in METRICS.values()}
+    repeats = [r for r in others if _same_configuration(r, ref)]
+    out = {}
+    for key in METRICS.values():
+        threshold, sigma = stats.noise_threshold([r.summary()[key].mean for r in repeats])
+        if sigma is None:
+            basis = (
+                f"the {stats.THRESHOLD_FLOOR:.0%} floor: the ledger holds fewer than "
+                f"{stats.MIN_NOISE_RESULTS} benches of this configuration to measure its drift"
+            )
+        else:
+            basis = (
+                f"{stats.NOISE_SIGMAS:g} sigma of the drift between the {len(repeats)} benches "
+                f"of this configuration in the ledger (sigma {sigma:.3f} of log mean tok/s), "
+                f"at least {stats.THRESHOLD_FLOOR:.0%}"
+            )
+        out[key] = (threshold, basis)
+    return out
+
+
+def _same_configuration(a: BenchResult, b: BenchResult) -> bool:
+    """Repeats of one bench: same plan, engine build, prompts and generation."""
+    return (a.method, a.plan_hash, a.engine_file, a.engine_build, a.planned) == (
+        b.method,
+        b.plan_hash,
+        b.engine_file,
+        b.engine_build,
+        b.planned,
+    ) and (a.max_tokens, a.prompt_cache) == (b.max_tokens, b.prompt_cache)
+
+
+METRICS = {"TG tok/s": "tg_tps", "PP tok/s": "pp_tps"}
+
+
+def _compare(
+    ref: BenchResult, new: BenchResult, thresholds: dict[str, tuple[float, str]]
+) -> list[stats.Change]:
     """TG and PP of ``new`` against ``ref``, over their steady states.
 
     Runs pair up when they asked for the same prompt size (the k-th run of a size with the
@@ -416,9 +470,10 @@ def _compare(ref: BenchResult, new: BenchResult, threshold: float) -> list[stats
             [getattr(r, key) for r in ref_rows],
             [getattr(r, key) for r in new_rows],
             paired=paired,
-            threshold=threshold,
+            threshold=thresholds[key][0],
+            threshold_basis=thresholds[key][1],
         )
-        for label, key in (("TG tok/s", "tg_tps"), ("PP tok/s", "pp_tps"))
+        for label, key in METRICS.items()
     ]
 
 
@@ -557,15 +612,13 @@ def _print_compare(
         lines.append(f"plan hash: {ref.plan_hash} -> {new.plan_hash}")
     if ref.host_load and new.host_load:
         lines.append(
-            "host load (1-min average, before/after): "
+            "host load average before/after: "
             f"{ref.host_load[0]:g}/{ref.host_load[-1]:g} -> "
-            f"{new.host_load[0]:g}/{new.host_load[-1]:g} on {os.cpu_count()} CPUs "
-            "(other work on the machine slows a bench too)"
+            f"{new.host_load[0]:g}/{new.host_load[-1]:g} on {os.cpu_count()} CPUs"
         )
-    lines.append(
-        "regression: significantly slower (the whole interval below 0) by more than "
-        f"{first.threshold:.0%}"
-    )
+    lines.append("regression: significantly slower (the whole interval below 0) by more than")
+    for c in changes:
+        lines.append(f"  {c.metric}: {c.threshold:.0%} ({c.threshold_basis})")
     for line in lines:
         console.print(line, markup=False)
 

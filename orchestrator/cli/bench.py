@@ -130,7 +130,7 @@ def register(commands: Any) -> None:
         metavar="PCT",
         help="--compare: the smallest slowdown that counts, in %% (default: measured, "
         f"{stats.NOISE_SIGMAS:g} sigma of the drift between the ledger's benches of the same "
-        f"configuration, at least {stats.THRESHOLD_FLOOR:.0%})",
+        f"configuration, at least {stats.THRESHOLD_FLOOR * 100:g} %%)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_bench)

@@ -49,8 +49,8 @@ def _ledger(orch: OrchEnv) -> Path:
     return orch.state / "bench" / "demo" / ledger.LEDGER_FILE
 
 
-def _bench_json(orch: OrchEnv, *args: str) -> dict[str, Any]:
-    done = orch.run("bench", "demo", *args, "--json", timeout=300)
+def _bench_json(orch: OrchEnv, *args: str, name: str = "demo") -> dict[str, Any]:
+    done = orch.run("bench", name, *args, "--json", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -207,3 +207,25 @@ def test_bench_errors(orch_env: OrchEnv, tiny_gguf: Path, llama_server_binary: P
         assert not _ledger(orch_env).exists()  # nothing ran, nothing was written
     finally:
         assert orch_env.run("down", "demo").returncode == 0
+
+
+def test_bench_vllm_streams_and_asks_its_version(orch_env: OrchEnv) -> None:
+    from tests.test_warmup_vllm import TOKEN_S, _vllm_profile
+
+    orch_env.write_profile("v", _vllm_profile(free_port()))
+    up = orch_env.run("up", "v", "--skip-memory-check")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        result = _bench_json(orch_env, "--runs", "3", "--max-tokens", "8", name="v")
+        limit = 512 - 8 - 64  # max_model_len - generated - template margin
+        assert result["planned"] == [limit] * 3 and result["engine"] == "vllm"
+        assert result["engine_build"] == "vllm 0.33.0+fake"  # GET /version
+        assert str(result["engine_file"]).startswith("sha256:")
+        for row in result["runs"]:
+            assert row["source"] == "wall-clock" and row["generated"] == 8
+            assert row["tg_tps"] <= 1.02 / TOKEN_S
+            assert limit - 16 <= row["prompt_tokens"] <= limit + 16  # the fake counts words
+        sweep = _bench_json(orch_env, "--sweep", "--max-tokens", "8", name="v")
+        assert [r["requested_tokens"] for r in sweep["runs"]] == [0, limit]
+    finally:
+        assert orch_env.run("down", "v").returncode == 0

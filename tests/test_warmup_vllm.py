@@ -137,7 +137,7 @@ def test_bench_streams_for_vllm(fake_vllm: Fake) -> None:
         assert row.tg_tps <= 1.02 / TOKEN_S
         assert row.prompt_tokens > 10 and row.generated == MAX_TOKENS
         assert row.source == "wall-clock"
-    assert engine_build(fake_vllm.endpoint) == "vllm 0.33.0+fake"
+    assert engine_build(fake_vllm.endpoint) == "0.33.0+fake"
 
 
 def _vllm_profile(port: int) -> str:

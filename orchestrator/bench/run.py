@@ -90,8 +90,9 @@ def engine_build(endpoint: str, api_key: str | None = None, binary: Path | None 
         version = get_json(endpoint, "/version", api_key=api_key)
     except (OSError, ValueError):
         version = None
-    if isinstance(version, dict) and version.get("version"):
-        return f"vllm {version['version']}"
+    # vLLM answers {"version": "0.11.0"}; ik_llama.cpp answers {"version": 4} (an API level)
+    if isinstance(version, dict) and isinstance(version.get("version"), str):
+        return str(version["version"])
     if binary is not None:
         return version_line(binary) or "unknown"
     return "unknown"

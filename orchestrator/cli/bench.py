@@ -268,7 +268,9 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
     load_before = os.getloadavg()[0]
     if method == "series":
         plan_of_runs = _series_schedule(args, ref, limit)
-        progress.header(args.name, len(plan_of_runs), max_tokens, build)
+        progress.header(
+            args.name, len(plan_of_runs), max_tokens, f"{plan.profile.engine.kind} {build}"
+        )
         rows = run_series(
             target, plan_of_runs, max_tokens=max_tokens, prompt_cache=prompt_cache, on_row=progress
         )
@@ -277,7 +279,9 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
     else:
         plan_of_runs = _sweep_depths(args, ref, limit)
         budget = args.budget or DEFAULT_BUDGET_S
-        progress.header(args.name, len(plan_of_runs), max_tokens, build)
+        progress.header(
+            args.name, len(plan_of_runs), max_tokens, f"{plan.profile.engine.kind} {build}"
+        )
         rows, skipped = run_sweep(
             target,
             plan_of_runs,
@@ -499,10 +503,10 @@ class _Progress:
         self.console = console if not quiet else Console(stderr=True, highlight=False)
         self.sweep = sweep
 
-    def header(self, name: str, count: int, max_tokens: int, build: str) -> None:
+    def header(self, name: str, count: int, max_tokens: int, engine: str) -> None:
         what = f"sweep · {count} depths" if self.sweep else f"series · {count} runs"
         self.console.print(
-            f"{name} · {what} · {max_tokens} tokens generated each · engine {build}",
+            f"{name} · {what} · {max_tokens} tokens generated each · {engine}",
             markup=False,
         )
         depth = f"{'depth':>7}  " if self.sweep else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -223,17 +224,12 @@ def _fmt(value: float) -> str:
 
 def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
     """Bench a running instance (series or sweep), or list / compare ledger results."""
-    for value, option in ((args.runs, "--runs"), (args.max_tokens, "--max-tokens")):
-        _positive(value, option)
-    _positive(args.budget, "--budget")
-    if args.warmup_runs is not None and args.warmup_runs < 0:
-        raise ProfileError("--warmup-runs", [f"{args.warmup_runs} must be 0 or more"])
+    _check_numbers(args)
     path = _ledger_path(app, args.name)
     if args.history:
         return _history(args, path, console)
 
-    store = StateStore(app.settings.state_dir)
-    record = store.load(args.name)
+    record = StateStore(app.settings.state_dir).load(args.name)
     if record is None:
         raise NotRunningError(f"{args.name} is not running (start it with `orch up {args.name}`)")
     plan = app.plan(args.name, read_header=False)
@@ -243,6 +239,54 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
             f"benching what runs (plan {record.plan_hash})"
         )
     ref = _reference(args, path, record) if args.compare is not None else None
+    if health.probe(record.endpoint) != 200:
+        raise NotRunningError(f"{args.name}: {record.endpoint}/health is not 200")
+
+    result = _measure(args, app, plan, record, ref, console)
+    if result.method == "sweep" and result.runs:
+        result = _draw(result, path.parent)
+    ledger.append(path, result)
+    results = ledger.read(path).results
+
+    changes = None
+    if ref is not None:
+        others = [r for r in results if r.id != result.id]
+        changes = _compare(ref, result, _thresholds(args.threshold, ref, others))
+    if args.json:
+        report = result.to_report()
+        report["ledger"] = str(path)
+        if changes is not None and ref is not None:
+            report["compare"] = {"ref": ref.id, "changes": [c.to_json() for c in changes]}
+        console.print_json(json.dumps(report))
+    else:
+        position = next(i for i, r in enumerate(results, start=1) if r.id == result.id)
+        _print_result(console, result, path, position)
+        if changes is not None and ref is not None:
+            _print_compare(console, ref, result, changes)
+    regressed = changes is not None and any(c.verdict == "regression" for c in changes)
+    return REGRESSION_EXIT if regressed else 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for value, option in (
+        (args.runs, "--runs"),
+        (args.max_tokens, "--max-tokens"),
+        (args.budget, "--budget"),
+    ):
+        _positive(value, option)
+    if args.warmup_runs is not None and args.warmup_runs < 0:
+        raise ProfileError("--warmup-runs", [f"{args.warmup_runs} must be 0 or more"])
+
+
+def _measure(
+    args: argparse.Namespace,
+    app: App,
+    plan: Plan,
+    record: Record,
+    ref: BenchResult | None,
+    console: Console,
+) -> BenchResult:
+    """Run the series or the sweep (as asked, or as the reference was) and describe it."""
     method: Method = "sweep" if args.sweep or args.depths else "series"
     if ref is not None and not (args.sweep or args.depths):
         method = ref.method
@@ -251,9 +295,6 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
             "--compare",
             [f"{ref.id} is a {ref.method} result; a {method} cannot be compared with it"],
         )
-    if health.probe(record.endpoint) != 200:
-        raise NotRunningError(f"{args.name}: {record.endpoint}/health is not 200")
-
     max_tokens = args.max_tokens or (ref.max_tokens if ref else DEFAULT_MAX_TOKENS)
     prompt_cache = args.prompt_cache or (ref.prompt_cache if ref else False)
     limit = schedule.prompt_limit(schedule.request_limit(plan.profile), max_tokens)
@@ -261,37 +302,34 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
         raise ProfileError(
             "--max-tokens", [f"{max_tokens} leaves no room for a prompt in {args.name}'s context"]
         )
+    if method == "series":
+        planned = _series_schedule(args, ref, limit)
+    else:
+        planned = _sweep_depths(args, ref, limit)
+
     target = _target(plan, record)
     binary, engine_file = _engine_file(app, plan)
     build = engine_build(record.endpoint, target.api_key, binary)
     progress = _Progress(console, quiet=args.json, sweep=method == "sweep")
+    progress.header(args.name, len(planned), max_tokens, f"{plan.profile.engine.kind} {build}")
     load_before = os.getloadavg()[0]
+    skipped: list[str] = []
     if method == "series":
-        plan_of_runs = _series_schedule(args, ref, limit)
-        progress.header(
-            args.name, len(plan_of_runs), max_tokens, f"{plan.profile.engine.kind} {build}"
-        )
         rows = run_series(
-            target, plan_of_runs, max_tokens=max_tokens, prompt_cache=prompt_cache, on_row=progress
+            target, planned, max_tokens=max_tokens, prompt_cache=prompt_cache, on_row=progress
         )
         steady_from, rule = ledger.cut(rows, args.warmup_runs)
-        skipped: list[str] = []
     else:
-        plan_of_runs = _sweep_depths(args, ref, limit)
-        budget = args.budget or DEFAULT_BUDGET_S
-        progress.header(
-            args.name, len(plan_of_runs), max_tokens, f"{plan.profile.engine.kind} {build}"
-        )
         rows, skipped = run_sweep(
             target,
-            plan_of_runs,
+            planned,
             max_tokens=max_tokens,
-            budget_s=budget,
+            budget_s=args.budget or DEFAULT_BUDGET_S,
             prompt_cache=prompt_cache,
             on_row=progress,
         )
         steady_from, rule = 0, "sweep: every depth counts"
-    result = BenchResult(
+    return BenchResult(
         id=_new_id(),
         name=args.name,
         method=method,
@@ -304,34 +342,13 @@ def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
         hardware=plan.hardware_name,
         max_tokens=max_tokens,
         prompt_cache=prompt_cache,
-        planned=tuple(plan_of_runs),
+        planned=tuple(planned),
         runs=tuple(rows),
         steady_from=steady_from,
         steady_rule=rule,
         skipped=tuple(skipped),
         host_load=(round(load_before, 2), round(os.getloadavg()[0], 2)),
     )
-    if method == "sweep" and rows:
-        result = _draw(result, path.parent)
-    ledger.append(path, result)
-    position = len(ledger.read(path).results)
-
-    change = None
-    if ref is not None:
-        others = [r for r in _read_ledger(path).results if r.id != result.id]
-        change = _compare(ref, result, _thresholds(args.threshold, ref, others))
-    if args.json:
-        report = result.to_report()
-        report["ledger"] = str(path)
-        if change is not None and ref is not None:
-            report["compare"] = {"ref": ref.id, "changes": [c.to_json() for c in change]}
-        console.print_json(json.dumps(report))
-    else:
-        _print_result(console, result, path, position)
-        if change is not None and ref is not None:
-            _print_compare(console, ref, result, change)
-    regressed = change is not None and any(c.verdict == "regression" for c in change)
-    return REGRESSION_EXIT if regressed else 0
 
 
 def _series_schedule(args: argparse.Namespace, ref: BenchResult | None, limit: int) -> list[int]:
@@ -410,7 +427,7 @@ def _draw(result: BenchResult, folder: Path) -> BenchResult:
         note=note,
     )
     _write_atomically(folder / name, svg)
-    return BenchResult(**{**result.__dict__, "chart": name})
+    return dataclasses.replace(result, chart=name)
 
 
 def _thresholds(

@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,7 +91,6 @@ class BenchResult:
     host_load: tuple[float, ...] = ()
     """The host's 1-minute load average before and after: other work slows a bench too."""
     schema: int = SCHEMA
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steady(self) -> tuple[RunRow, ...]:
@@ -151,7 +150,6 @@ class BenchResult:
             chart=str(chart) if chart else None,
             host_load=tuple(float(x) for x in data.get("host_load", ())),
             schema=int(data.get("schema", SCHEMA)),
-            extra=dict(data.get("extra") or {}),
         )
 
 

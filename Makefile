@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory clean
+.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise clean
 
 setup: system venv llama-server demo-model image
 
@@ -67,6 +67,10 @@ bench-plan: venv
 
 bench-memory: venv
 	$(PY) benchmarks/bench_memory.py
+
+# 10 identical `orch bench demo` and what --compare would call them (needs `make llama-server demo-model`).
+bench-noise: venv
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m benchmarks.bench_noise
 
 clean:
 	rm -rf .venv .venv-vllm .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Warm-up and benchmark requests against ``/v1/chat/completions``.
+"""Warm-up (and bench) requests against ``/v1/chat/completions``.
 
 llama-server: one non-streamed request; the figures are its own ``timings`` object
 (prompt_ms, prompt_per_second, predicted_per_second).
@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.errors import LaunchError
 from orchestrator.health import request, send
 from orchestrator.profiles.schema import Warmup
-
-FILLER = "the quick brown fox jumps over the lazy dog "
-"""Nine words; roughly one token per word with most tokenizers."""
 
 
 @dataclass(frozen=True)
@@ -259,105 +254,3 @@ def warm_up(
         measure(endpoint, messages, max_tokens=warmup.max_tokens, model=model, api_key=api_key)
         for _ in range(warmup.requests)
     ]
-
-
-@dataclass(frozen=True)
-class Spread:
-    """min / mean / max of one figure."""
-
-    min: float
-    mean: float
-    max: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        """Spread of ``values`` (zeros if empty)."""
-        if not values:
-            return cls(0.0, 0.0, 0.0)
-        return cls(min(values), statistics.fmean(values), max(values))
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    """Results for one prompt size."""
-
-    prompt_tokens: int
-    measured_prompt_tokens: int
-    runs: int
-    prefill_tps: Spread
-    gen_tps: Spread
-    ttft_s: Spread
-    source: str
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-
-def bench_prompt(tokens: int, run: int, tokens_per_word: float = 1.0, nonce: str = "") -> str:
-    """About ``tokens`` tokens of filler, unique per run (and per ``nonce``): no cache hits.
-
-    The unique part comes first, so a prefix cache (vLLM's is on by default) matches nothing.
-    """
-    words = FILLER.split()
-    count = max(int((tokens - 16) / tokens_per_word), 1)
-    body = " ".join(words[i % len(words)] for i in range(count))
-    return f"{nonce} run {run} of {tokens}: {body}".lstrip()
-
-
-def tokens_per_word(endpoint: str, api_key: str | None = None) -> float:
-    """llama-server's ``/tokenize`` on the filler; 1.0 when the server has no such route."""
-    sample = FILLER * 20
-    try:
-        status, data = request(
-            endpoint, "/tokenize", method="POST", body={"content": sample}, api_key=api_key
-        )
-        n = len(json.loads(data)["tokens"]) if status == 200 else 0
-    except (OSError, ValueError, KeyError, TypeError):
-        n = 0
-    return n / len(sample.split()) if n else 1.0
-
-
-def bench(
-    endpoint: str,
-    *,
-    runs: int,
-    prompt_tokens: Sequence[int],
-    max_tokens: int,
-    model: str,
-    api_key: str | None = None,
-    llama: bool = True,
-) -> list[BenchRow]:
-    """``runs`` requests per prompt size; prefill and generation tok/s spread per size."""
-    # every request generates max_tokens and reads no cached prefix
-    extra: dict[str, Any] = {"ignore_eos": True}
-    if llama:
-        extra["cache_prompt"] = False
-    nonce = os.urandom(4).hex()
-    ratio = tokens_per_word(endpoint, api_key) if llama else 1.0
-    measure = _measure(llama)
-    rows = []
-    for size in prompt_tokens:
-        stats = [
-            measure(
-                endpoint,
-                [{"role": "user", "content": bench_prompt(size, run, ratio, nonce)}],
-                max_tokens=max_tokens,
-                model=model,
-                api_key=api_key,
-                extra=extra,
-            )
-            for run in range(runs)
-        ]
-        rows.append(
-            BenchRow(
-                prompt_tokens=size,
-                measured_prompt_tokens=round(statistics.fmean(s.prompt_tokens for s in stats)),
-                runs=runs,
-                prefill_tps=Spread.of([s.prompt_tps for s in stats]),
-                gen_tps=Spread.of([s.gen_tps for s in stats]),
-                ttft_s=Spread.of([s.ttft_s for s in stats]),
-                source=stats[0].source if stats else "",
-            )
-        )
-    return rows

@@ -88,14 +88,10 @@ def test_up_status_bench_down(
 
     bench = orch_env.run("bench", "t", "--runs", "2", "--prompt-tokens", "32,128", "--json")
     assert bench.returncode == 0, bench.stderr
-    rows = json.loads(bench.stdout)
-    assert [r["prompt_tokens"] for r in rows] == [32, 128]
-    for row in rows:
-        assert row["runs"] == 2 and row["source"] == "timings"
-        assert (
-            0 < row["prefill_tps"]["min"] <= row["prefill_tps"]["mean"] <= row["prefill_tps"]["max"]
-        )
-        assert 0 < row["gen_tps"]["min"] <= row["gen_tps"]["max"]
+    result = json.loads(bench.stdout)
+    assert [r["requested_tokens"] for r in result["runs"]] == [32, 128]
+    for row in result["runs"]:
+        assert row["source"] == "timings" and row["pp_tps"] > 0 and row["tg_tps"] > 0
     print(f"[measured] bench: {bench.stdout}")
 
     start = time.monotonic()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from orchestrator import health, warmup
+from orchestrator.bench.run import Target, engine_build, run_series
 from orchestrator.errors import LaunchError
 from orchestrator.profiles.schema import Warmup
 from tests.conftest import FAKES, OrchEnv, free_port
@@ -128,18 +129,15 @@ def test_stream_error_is_a_launch_error(fake_vllm: Fake) -> None:
 
 
 def test_bench_streams_for_vllm(fake_vllm: Fake) -> None:
-    rows = warmup.bench(
-        fake_vllm.endpoint,
-        runs=1,
-        prompt_tokens=[64],
-        max_tokens=MAX_TOKENS,
-        model=SERVED,
-        llama=False,
-    )
-    assert len(rows) == 1
-    assert TTFT_S <= rows[0].ttft_s.mean < TTFT_S + (MAX_TOKENS - 1) * TOKEN_S / 2
-    assert rows[0].gen_tps.max <= 1.02 / TOKEN_S
-    assert rows[0].measured_prompt_tokens > 10
+    target = Target(fake_vllm.endpoint, SERVED, None, warmup.chat_streamed)
+    rows = run_series(target, [64, 64], max_tokens=MAX_TOKENS)
+    assert [r.run for r in rows] == [1, 2]
+    for row in rows:
+        assert TTFT_S <= row.ttft_s < TTFT_S + (MAX_TOKENS - 1) * TOKEN_S / 2
+        assert row.tg_tps <= 1.02 / TOKEN_S
+        assert row.prompt_tokens > 10 and row.generated == MAX_TOKENS
+        assert row.source == "wall-clock"
+    assert engine_build(fake_vllm.endpoint) == "0.33.0+fake"
 
 
 def _vllm_profile(port: int) -> str:

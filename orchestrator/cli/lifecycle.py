@@ -1,4 +1,4 @@
-"""``orch up``, ``down``, ``status``, ``logs``, ``ps`` and ``bench``."""
+"""``orch up``, ``down``, ``status``, ``logs`` and ``ps``."""
 
 from __future__ import annotations
 
@@ -17,14 +17,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import health, instances, warmup
+from orchestrator import instances
 from orchestrator.app import App
-from orchestrator.errors import NotRunningError, PreflightError
+from orchestrator.errors import NotRunningError
 from orchestrator.lifecycle import Event, Lifecycle, Started, UpOptions, comparable_memory
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.notify import Notifier
 from orchestrator.plan import Plan, require_fit
-from orchestrator.profiles.schema import LlamaEngine
 from orchestrator.progress import LoadProgress
 from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
@@ -107,21 +106,6 @@ def register(commands: Any) -> None:
     )
     p.add_argument("-n", "--lines", type=int, default=50, help="lines of history (default 50)")
     p.set_defaults(handler=cmd_logs)
-
-    p = commands.add_parser(
-        "bench",
-        help="prefill and generation speed of a running instance",
-        epilog="example:\n  orch bench demo --runs 3 --prompt-tokens 128,512",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--runs", type=int, default=3, help="requests per prompt size (default 3)")
-    p.add_argument(
-        "--prompt-tokens", default="128,512", help="comma-separated prompt sizes (default 128,512)"
-    )
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per request")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=cmd_bench)
 
 
 # ---------------------------------------------------------------- helpers
@@ -515,56 +499,3 @@ def _follow_file(path: Path, lines: int, handle: Handle) -> None:
                 return
             else:
                 time.sleep(0.2)
-
-
-# ---------------------------------------------------------------- bench
-
-
-def cmd_bench(args: argparse.Namespace, app: App, console: Console) -> int:
-    """Prefill and generation tok/s of a running instance."""
-    store = _store(app)
-    record = store.load(args.name)
-    if record is None:
-        raise NotRunningError(f"{args.name} is not running (start it with `orch up {args.name}`)")
-    plan = app.plan(args.name, read_header=False)
-    try:
-        sizes = [int(x) for x in str(args.prompt_tokens).split(",") if x.strip()]
-    except ValueError:
-        raise PreflightError(
-            f"--prompt-tokens: {args.prompt_tokens!r} is not a list of integers"
-        ) from None
-    if health.probe(record.endpoint) != 200:
-        raise NotRunningError(f"{args.name}: {record.endpoint}/health is not 200")
-    rows = warmup.bench(
-        record.endpoint,
-        runs=args.runs,
-        prompt_tokens=sizes,
-        max_tokens=args.max_tokens,
-        model=instances.model_name(plan),
-        api_key=instances.api_key(plan.profile, os.environ),
-        llama=isinstance(plan.profile.engine, LlamaEngine),
-    )
-    if args.json:
-        console.print_json(json.dumps([r.to_json() for r in rows]))
-        return 0
-    table = Table(
-        title=f"{args.name} · {args.runs} run(s) per size · {args.max_tokens} tokens generated"
-    )
-    for column in (
-        "prompt tok",
-        "prefill tok/s min/mean/max",
-        "gen tok/s min/mean/max",
-        "TTFT ms mean",
-        "source",
-    ):
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(
-            f"{r.measured_prompt_tokens}",
-            f"{r.prefill_tps.min:.1f} / {r.prefill_tps.mean:.1f} / {r.prefill_tps.max:.1f}",
-            f"{r.gen_tps.min:.1f} / {r.gen_tps.mean:.1f} / {r.gen_tps.max:.1f}",
-            f"{r.ttft_s.mean * 1000:.0f}",
-            r.source,
-        )
-    console.print(table)
-    return 0

@@ -3,7 +3,7 @@
 
 `fake_vllm.py serve MODEL --host H --port P [--served-model-name N] [...]`:
 the port is not bound for --delay seconds (default 1; connection refused, as
-while vLLM loads), then /health answers 200, /v1/models lists the served name
+while vLLM loads), then /health answers 200, /version gives a version, /v1/models lists the served name
 and /v1/chat/completions answers with usage (no llama.cpp timings).
 
 Streaming (`"stream": true`) follows vLLM's OpenAI server: HTTP/1.1 chunked
@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TEMPLATE_TOKENS = 10
+FAKE_VERSION = "0.33.0+fake"
+"""What ``GET /version`` answers, shaped like vLLM's ``{"version": ...}``."""
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -92,6 +94,8 @@ def main(argv: list[str]) -> int:
                 self._send(503, {"error": "loading"})
             elif self.path == "/health":
                 self._send(200, {})
+            elif self.path == "/version":
+                self._send(200, {"version": FAKE_VERSION})
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": served, "object": "model"}]})
             else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,6 +440,7 @@ def write_gguf(
     *,
     seed: int = 0,
     chat_template: str | None = CHATML_TEMPLATE,
+    split_max_tensors: int = 0,
 ) -> Path:
     """Write a GGUF file with random weights and the tensor shapes of ``spec``.
 
@@ -452,9 +454,11 @@ def write_gguf(
         chat_template: Jinja chat template stored as
             ``tokenizer.chat_template``; ``None`` leaves the key out (then
             ``/v1/chat/completions`` relies on llama-server's fallback).
+        split_max_tensors: Split into ``NAME-00001-of-0000N.gguf`` files of at most
+            this many tensors each, as ``llama-gguf-split`` would (0: one file).
 
     Returns:
-        The path written.
+        The path written (a split's first part).
     """
     import gguf  # local: keep ``import orchestrator.synthetic`` cheap
 
@@ -462,8 +466,11 @@ def write_gguf(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     rng = np.random.default_rng(seed)
+    if split_max_tensors:  # the writer names the parts after its path: write them in a folder
+        tmp.mkdir()
+        tmp = tmp / dest.name
 
-    writer = gguf.GGUFWriter(tmp, spec.arch)
+    writer = gguf.GGUFWriter(tmp, spec.arch, split_max_tensors=split_max_tensors)
     writer.add_name(spec.name)
     writer.add_context_length(spec.ctx_train)
     writer.add_embedding_length(spec.n_embd)
@@ -513,12 +520,21 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        tmp.replace(dest)
+        if not split_max_tensors:
+            tmp.replace(dest)
+            return dest
+        parts = sorted(tmp.parent.iterdir())
+        for part in parts:
+            part.replace(dest.with_name(part.name))
+        tmp.parent.rmdir()
+        return dest.with_name(parts[0].name)
     except BaseException:
         writer.close()
-        tmp.unlink(missing_ok=True)
+        if split_max_tensors:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
-    return dest
 
 
 def _with_overrides(spec: SyntheticSpec, weight_type: str | None) -> SyntheticSpec:

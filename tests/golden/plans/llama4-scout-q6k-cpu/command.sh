@@ -5,7 +5,7 @@ numactl \
   -d \
   --name orch-llama4-scout-q6k-cpu \
   --label orch.profile=llama4-scout-q6k-cpu \
-  --label orch.plan=042a35157ad408eb \
+  --label orch.plan=bc7951c6b42b0523 \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \

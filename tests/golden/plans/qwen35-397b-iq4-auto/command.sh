@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4-auto \
   --label orch.profile=qwen35-397b-iq4-auto \
-  --label orch.plan=298e3152a717de17 \
+  --label orch.plan=28936afb268b9c20 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8002:8080 \

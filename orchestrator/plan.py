@@ -251,6 +251,27 @@ def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
     return _ModelArgs(inside, (f"{weights.repo_dir}:{CONTAINER_MODELS}:{model.mount_options}",))
 
 
+def _locks_weights(profile: ModelProfile) -> bool:
+    """Whether llama-server will mlock the weights (``load_mode = "mlock"``)."""
+    engine = profile.engine
+    return isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
+
+
+def _lock_caps(profile: ModelProfile) -> list[str]:
+    """Capabilities a container needs to lock its weights.
+
+    The kernel lets mlock() past RLIMIT_MEMLOCK only with CAP_IPC_LOCK (mm/mlock.c), and
+    podman's default set lacks it. Rootful podman: the capability alone lets any size lock.
+    Rootless: the capability does not count outside the user namespace, so the
+    ``--ulimit memlock=-1:-1`` rendered beside it is what lets the lock through, as far as
+    the user's own hard limit allows (the systemd unit says so).
+    """
+    runtime = profile.runtime
+    if not _locks_weights(profile) or not isinstance(runtime, PodmanRuntime):
+        return []
+    return [] if "IPC_LOCK" in runtime.cap_add else ["IPC_LOCK"]
+
+
 def _container_model_path(profile: ModelProfile) -> tuple[str, str]:
     """(host mount source, model path inside the container)."""
     host_path = PurePosixPath(profile.model.path)
@@ -420,6 +441,8 @@ def build_plan(
             "plan_hash": plan_hash,
             "publish_host": host,
             "publish_port": port,
+            "cap_add": [*runtime.cap_add, *_lock_caps(profile)],
+            "memlock": _locks_weights(profile),
             "model_mounts": model_args.mounts,
             "container_env": {**dict(model_args.env), **runtime.env},
             "api_key_mount": api_key_mount,

@@ -2,7 +2,9 @@
 
 Allowed differences, all deliberate: orch runs containers detached, named, labelled and with
 --init instead of --rm -it; publishes on 127.0.0.1 unless a profile says otherwise; adds
---metrics (for `orch status`) and an explicit --host/--port; and makes vLLM's defaults explicit.
+--metrics (for `orch status`) and an explicit --host/--port; makes vLLM's defaults explicit;
+and gives a container that locks its weights (--mlock) what locking needs (--cap-add=IPC_LOCK,
+--ulimit memlock=-1:-1), without which the seed's command locks nothing beyond 8 MiB.
 Everything else (every flag and value) must match.
 """
 
@@ -122,6 +124,9 @@ def test_seed_command_matches(name: str) -> None:
     seed_o, orch_o = pairs(seed_outer), pairs(orch_outer)
     seed_o = Counter({k: v for k, v in seed_o.items() if k[0] not in SEED_ONLY})
     orch_o = Counter({k: v for k, v in orch_o.items() if k[0] not in ORCH_ADDS})
+    if ("--mlock", "") in seed_e:
+        assert orch_o.pop(("--cap-add", "IPC_LOCK")) == 1
+        assert orch_o.pop(("--ulimit", "memlock=-1:-1")) == 1
     for key in list(seed_o):
         if key[0] == "-p":
             seed_o[("-p", "127.0.0.1:" + key[1])] += seed_o.pop(key)

@@ -10,6 +10,8 @@ numactl \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \
   --cap-add=SYS_NICE \
+  --cap-add=IPC_LOCK \
+  --ulimit memlock=-1:-1 \
   -v /mnt/data/models:/models:ro,Z \
   compute.home.arpa/llamacpp-zen5 \
   --host 0.0.0.0 \

@@ -30,6 +30,7 @@ from orchestrator.sizing import (
     largest,
     llama_config,
     model_tensors,
+    stays_off_gpu,
     with_engine,
 )
 
@@ -400,6 +401,15 @@ def build_plan(
     # profile.gpus restricts the engine itself, not only orch's budget
     allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
     devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
+    off_gpu_env: dict[str, str] = {}
+    if isinstance(engine, LlamaEngine) and allowed and stays_off_gpu(engine):
+        # nothing on a GPU: keep the CUDA build off them, or it opens the first one anyway
+        # (a CUDA context plus a compute buffer for the batches it offloads)
+        if engine.kind == "llama.cpp":
+            devices = "none"
+        else:  # ik_llama.cpp's --device takes no "none": hide the GPUs from CUDA instead
+            devices = ""
+            off_gpu_env = {"CUDA_VISIBLE_DEVICES": ""}
     if devices and is_podman and isinstance(engine, VllmEngine):
         warnings.append(
             "gpus: vLLM in podman uses every GPU in runtime.devices; list only "
@@ -444,7 +454,7 @@ def build_plan(
             "cap_add": [*runtime.cap_add, *_lock_caps(profile)],
             "memlock": _locks_weights(profile),
             "model_mounts": model_args.mounts,
-            "container_env": {**dict(model_args.env), **runtime.env},
+            "container_env": {**dict(model_args.env), **off_gpu_env, **runtime.env},
             "api_key_mount": api_key_mount,
             "secret_env": secret_env,
             "engine_args": engine_rendered.argv,
@@ -461,7 +471,7 @@ def build_plan(
                 "engine_args": engine_rendered.argv,
             },
         )
-        process_env = {**dict(model_args.env), **runtime_env}
+        process_env = {**dict(model_args.env), **off_gpu_env, **runtime_env}
         if isinstance(engine, VllmEngine) and devices:
             indices = ",".join(name.removeprefix("CUDA") for name in allowed)
             process_env = {**process_env, "CUDA_VISIBLE_DEVICES": indices}

@@ -29,7 +29,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -441,6 +441,7 @@ def write_gguf(
     seed: int = 0,
     chat_template: str | None = CHATML_TEMPLATE,
     split_max_tensors: int = 0,
+    sparse: bool = False,
 ) -> Path:
     """Write a GGUF file with random weights and the tensor shapes of ``spec``.
 
@@ -456,6 +457,8 @@ def write_gguf(
             ``/v1/chat/completions`` relies on llama-server's fallback).
         split_max_tensors: Split into ``NAME-00001-of-0000N.gguf`` files of at most
             this many tensors each, as ``llama-gguf-split`` would (0: one file).
+        sparse: Write the header only and leave the tensor data a hole of its full size
+            (for tools that plan from the header, such as llama.cpp's ``no_alloc`` loading).
 
     Returns:
         The path written (a split's first part).
@@ -502,6 +505,8 @@ def write_gguf(
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
+    if sparse:
+        return _write_sparse(writer, spec, tmp, dest)
     cache: dict[tuple[tuple[int, ...], str], npt.NDArray[np.generic]] = {}
     for t in tensor_specs(spec):
         np_shape = tuple(reversed(t.shape))
@@ -535,6 +540,37 @@ def write_gguf(
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_sparse(writer: Any, spec: SyntheticSpec, tmp: Path, dest: Path) -> Path:
+    """The header of ``spec``'s GGUF, then a hole as long as its tensor data."""
+    import gguf
+
+    data = 0
+    for t in tensor_specs(spec):
+        np_shape = tuple(reversed(t.shape))
+        if t.ggml_type in ("Q8_0", "Q4_0"):
+            qtype = gguf.GGMLQuantizationType[t.ggml_type]
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            byte_shape = (*np_shape[:-1], np_shape[-1] // block * type_size)
+            writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, qtype)
+        else:
+            dtype = np.dtype(np.float32 if t.ggml_type == "F32" else np.float16)
+            writer.add_tensor_info(t.name, np_shape, dtype, t.nbytes)
+        data += gguf.GGUFWriter.ggml_pad(t.nbytes, writer.data_alignment)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
+        writer.close()
+        os.truncate(tmp, start + data)
+        tmp.replace(dest)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
 
 
 def _with_overrides(spec: SyntheticSpec, weight_type: str | None) -> SyntheticSpec:

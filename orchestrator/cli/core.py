@@ -260,8 +260,9 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         gpu_vram_mib=vram,
         cuda_context_mib=context_mib,
         moe_layers=moe_layers,
-        # a CPU-only llama-server on x86-64 repacks some weight types into a second buffer
-        repack_types=REPACK_AVX2 if x86 and not gpus else (),
+        # a llama-server without a GPU (none here, or --device none) repacks some weight
+        # types into a second buffer on x86-64; the model applies it only without GPUs
+        repack_types=REPACK_AVX2 if x86 else (),
     )
     memory = estimate_llama(arch, list(header.tensors), cfg)
     if args.json:

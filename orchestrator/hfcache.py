@@ -158,9 +158,10 @@ def unresolved(model: ModelFile, hub: str | Path) -> HfWeights:
 
 def locate(model: ModelFile, hub: str | Path) -> HfWeights:
     """Look the weights up in the hub cache at ``hub`` (reads the cache, never the network)."""
-    from huggingface_hub import try_to_load_from_cache  # only when a profile uses the cache
-
     base = unresolved(model, hub)
+    if not (Path(hub) / repo_folder(model.hf_repo)).is_dir():
+        return base  # nothing of the repo here (and no ~0.14 s import of huggingface_hub)
+    from huggingface_hub import try_to_load_from_cache
 
     def find(name: str) -> str | None:
         found = try_to_load_from_cache(

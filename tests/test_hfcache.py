@@ -283,6 +283,8 @@ def test_plan_shows_the_snapshot_path_for_a_process(
     assert data["model_file"] == snapshot_file
     hf = data["hf"]
     assert isinstance(hf, dict) and hf["commit"] == MAIN and hf["cached"] is True
+    text = orch_env.run("plan", *(["--dry-run"] if dry_run else []), "hfp").stdout
+    assert f"{REPO_ID}@main ({MAIN[:12]}): {snapshot_file}" in text
     # live: the header is read through the snapshot's links, both parts
     assert data["weights_source"] == (
         "architecture facts + F16 recipe (file not read)" if dry_run else "GGUF header (2 file(s))"

@@ -168,6 +168,9 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
         markup=False,
     )
     console.print(f"  weights from {plan.weights_source}", markup=False)
+    if plan.weights is not None:
+        where = plan.weights.path if plan.weights.cached else "not in the cache (see below)"
+        console.print(f"  {plan.weights.label()}: {where}", markup=False)
     console.print()
     console.print(plan.display(), markup=False)
     console.print()

@@ -149,3 +149,19 @@ def test_orch_estimate_with_device_none_has_no_gpu(models: dict[str, Path]) -> N
     )
     assert done.returncode == 0, done.stderr
     assert list(json.loads(done.stdout)["devices"]) == ["CPU"]
+
+
+def test_load_mode_changes_host_weights_not_the_gpu() -> None:
+    """mmap / mmap+mlock keep the mapped span; none / mlock / dio a pinned buffer of exactly the
+    host tensors. The GPU side is the same in every mode."""
+    base = "-ngl 10 -c 32768 -np 1"
+    by_mode = {
+        mode: predicted("dense", f"{base} -lm {mode}")
+        for mode in ("mmap", "mmap+mlock", "none", "mlock", "dio")
+    }
+    gpus = {mode: est.devices["CUDA0"] for mode, est in by_mode.items()}
+    assert len(set(gpus.values())) == 1
+    host = {mode: est.devices["CPU"].weights for mode, est in by_mode.items()}
+    assert host["mmap"] == host["mmap+mlock"]
+    assert host["none"] == host["mlock"] == host["dio"]
+    assert host["mmap"] >= host["none"]

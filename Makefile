@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise clean
+.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise bench-sched clean
 
 setup: system venv llama-server demo-model image
 
@@ -71,6 +71,10 @@ bench-memory: venv
 # 10 identical `orch bench demo` and what --compare would call them (needs `make llama-server demo-model`).
 bench-noise: venv
 	PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m benchmarks.bench_noise
+
+# GPU compute buffers against llama.cpp's own planning (needs the llama-server build folder)
+bench-sched: venv llama-server
+	$(PY) -m benchmarks.sched_sim.compare --sweep
 
 clean:
 	rm -rf .venv .venv-vllm .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 from orchestrator.errors import PreflightError, ProfileError
+from orchestrator.hfcache import HfWeights, hub_dir, locate
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.tensors import GgufHeader, read_gguf, split_paths
 from orchestrator.plan import Plan, build_plan
@@ -57,36 +59,41 @@ class App:
     def plan_for(self, resolved: ResolvedProfile, *, read_header: bool) -> Plan:
         """Plan an already resolved profile (so callers that need both load it once).
 
-        A ``gpus = "any"`` profile is planned on the first GPU whose budget it fits.
+        A ``gpus = "any"`` profile is planned on the first GPU whose budget it fits. A profile's
+        ``hf_repo`` is looked up in the host's Hugging Face cache either way (``plan --dry-run``
+        shows the snapshot path too); the GGUF header only when asked.
         """
         choices = gpu_choices(resolved)
         if len(choices) > 1:
             plans = [self.plan_for(choice, read_header=read_header) for choice in choices]
             return next((p for p in plans if p.fits), plans[0])
         resolved = choices[0]
-        header = self.header(resolved) if read_header else None
+        weights = hf_weights(resolved)
+        header = self.header(resolved, weights) if read_header else None
         return build_plan(
             resolved,
             self.templates,
             default_bind_host=self.settings.default_bind_host,
             podman_binary=self.settings.podman_binary,
             header=header,
+            weights=weights,
         )
 
     @staticmethod
-    def header(resolved: ResolvedProfile) -> GgufHeader | None:
+    def header(resolved: ResolvedProfile, weights: HfWeights | None = None) -> GgufHeader | None:
         """The GGUF header if every split file exists, else None."""
-        if isinstance(resolved.profile.engine, VllmEngine) or not resolved.profile.model.path:
+        if isinstance(resolved.profile.engine, VllmEngine):
             return None
-        first = model_path(resolved)
+        first = model_path(resolved, weights)
         files = split_paths(first)
         if missing_files(files):
             return None
         try:
             return read_gguf(first)
         except (ValueError, OSError) as exc:
+            where = "model.hf_file" if weights is not None else "model.path"
             raise PreflightError(
-                f"{first} is not a readable GGUF file ({exc}); re-download it or fix model.path"
+                f"{first} is not a readable GGUF file ({exc}); re-download it or fix {where}"
             ) from None
 
 
@@ -101,24 +108,41 @@ def gpu_choices(resolved: ResolvedProfile) -> list[ResolvedProfile]:
     return out
 
 
-def model_path(resolved: ResolvedProfile) -> Path:
-    """The profile's GGUF path with ``~`` expanded."""
+def hf_weights(resolved: ResolvedProfile) -> HfWeights | None:
+    """Where the profile's ``hf_repo`` is in this host's Hugging Face cache, read offline.
+
+    The cache is huggingface_hub's for orch's environment (``HF_HUB_CACHE``, ``HF_HOME``).
+    None for a profile that names a path.
+    """
+    model = resolved.profile.model
+    if not model.hf_repo:
+        return None
+    return locate(model, hub_dir(os.environ))
+
+
+def model_path(resolved: ResolvedProfile, weights: HfWeights | None = None) -> Path:
+    """The profile's GGUF on this host: its snapshot path, or ``model.path`` with ``~``."""
+    if weights is not None:
+        return Path(weights.path)
     return Path(resolved.profile.model.path).expanduser()
 
 
 def live_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
     """What stops this plan on this machine now: files, port, free memory."""
-    return file_problems(resolved) + resource_problems(plan, resolved, host)
+    return file_problems(plan) + resource_problems(plan, resolved, host)
 
 
-def file_problems(resolved: ResolvedProfile) -> list[str]:
-    """Model files the profile names that are missing."""
-    if isinstance(resolved.profile.engine, VllmEngine):
+def file_problems(plan: Plan) -> list[str]:
+    """Model files the plan needs that are missing (vLLM downloads its own)."""
+    if isinstance(plan.profile.engine, VllmEngine):
         return []
-    files = split_paths(model_path(resolved))
+    if plan.weights is not None:
+        if plan.weights.cached:
+            return []
+        return [f"model not in the Hugging Face cache: {plan.weights.missing_text()}"]
+    files = split_paths(Path(plan.model_file).expanduser())
     return [
-        f"model file missing: {path} (model.path in {resolved.source})"
-        for path in missing_files(files)
+        f"model file missing: {path} (model.path in {plan.source})" for path in missing_files(files)
     ]
 
 

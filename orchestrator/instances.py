@@ -148,7 +148,7 @@ def model_name(plan: Plan) -> str:
     """The ``model`` field requests send (vLLM checks it; llama-server ignores it)."""
     engine = plan.profile.engine
     if isinstance(engine, VllmEngine):
-        return engine.served_model_name or plan.profile.model.repo or plan.profile.model.path
+        return engine.served_model_name or plan.profile.model.hf_repo or plan.profile.model.path
     return plan.name
 
 
@@ -287,7 +287,7 @@ def preflight(
         else:
             notes.append("flag check skipped for vLLM (its --help imports torch)")
     problems.extend(secret_problems(profile, os.environ))
-    problems.extend(file_problems(resolved))
+    problems.extend(file_problems(plan))
     ignored: list[str] = []
     found = resource_problems(plan, resolved, probe_host()) if check_resources else []
     for problem in found:

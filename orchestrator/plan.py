@@ -16,6 +16,7 @@ from orchestrator.autoplace import AutoPlacement, Candidate
 from orchestrator.autoplace import choose as choose_placement
 from orchestrator.engines import engine_caps, known_flags
 from orchestrator.errors import BudgetError, ProfileError
+from orchestrator.hfcache import HfWeights, hub_dir, unresolved
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
@@ -29,6 +30,7 @@ from orchestrator.sizing import (
     largest,
     llama_config,
     model_tensors,
+    stays_off_gpu,
     with_engine,
 )
 
@@ -76,6 +78,10 @@ class Plan:
     suggestions: tuple[str, ...]
     placement: AutoPlacement | None = None
     """What ``placement = "auto"`` considered and chose (None for manual placement)."""
+    weights: HfWeights | None = None
+    """Where ``hf_repo`` resolved in the host's Hugging Face cache (None: not from a cache)."""
+    model_file: str = ""
+    """The GGUF on the host (a split's first part); "" for a vLLM repo."""
 
     @property
     def fits(self) -> bool:
@@ -111,7 +117,25 @@ class Plan:
             "warnings": list(self.warnings),
             "suggestions": list(self.suggestions),
             "placement": self.placement.to_json() if self.placement else None,
+            "model_file": self.model_file,
+            "hf": _weights_json(self.weights),
         }
+
+
+def _weights_json(weights: HfWeights | None) -> dict[str, Any] | None:
+    if weights is None:
+        return None
+    return {
+        "repo": weights.repo,
+        "revision": weights.revision,
+        "commit": weights.commit or None,
+        "file": weights.file or None,
+        "repo_dir": weights.repo_dir,
+        "path": weights.path,
+        "cached": weights.cached,
+        "missing": list(weights.missing),
+        "download": weights.download_command() if weights.missing else None,
+    }
 
 
 def _fits(resolved: ResolvedProfile, header: GgufHeader | None) -> bool:
@@ -188,6 +212,67 @@ def numactl_args(profile: ModelProfile) -> list[str]:
     return args
 
 
+@dataclass(frozen=True)
+class _ModelArgs:
+    """How the engine is pointed at the weights: its model argument, mounts and variables."""
+
+    model_path: str
+    mounts: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
+    """The model argument, podman mounts and environment for the profile's weights."""
+    model, runtime, engine = profile.model, profile.runtime, profile.engine
+    podman = isinstance(runtime, PodmanRuntime)
+    offline = (("HF_HUB_OFFLINE", "1"),) if weights is not None and weights.cached else ()
+    if isinstance(engine, VllmEngine):
+        if weights is None:  # a local model folder
+            if not podman:
+                return _ModelArgs(model.path)
+            inside = posixpath.join(CONTAINER_MODELS, PurePosixPath(model.path).name)
+            return _ModelArgs(inside, (f"{model.path}:{inside}:{model.mount_options}",))
+        if not podman:
+            return _ModelArgs(weights.repo, env=offline)
+        assert isinstance(runtime, PodmanRuntime)
+        # the whole hub at the container's HF_HOME/hub: vLLM finds the repo as it would
+        # at home; read-only once cached (offline), writable when it must download
+        options = "ro,z" if weights.cached else "z"
+        mount = f"{weights.hub}:{runtime.hf_home}/hub:{options}"
+        return _ModelArgs(weights.repo, (mount,), (("HF_HOME", runtime.hf_home), *offline))
+    if weights is None:
+        if not podman:
+            return _ModelArgs(model.path)
+        source, inside = _container_model_path(profile)
+        return _ModelArgs(inside, (f"{source}:{CONTAINER_MODELS}:{model.mount_options}",))
+    if not podman:
+        return _ModelArgs(weights.path)
+    # the repo folder, not the snapshot: the snapshot's files are links into ../../blobs/
+    inside = posixpath.join(CONTAINER_MODELS, weights.relative_path)
+    return _ModelArgs(inside, (f"{weights.repo_dir}:{CONTAINER_MODELS}:{model.mount_options}",))
+
+
+def _locks_weights(profile: ModelProfile) -> bool:
+    """Whether llama-server will mlock the weights (``load_mode = "mlock"``)."""
+    engine = profile.engine
+    return isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
+
+
+def _lock_caps(profile: ModelProfile) -> list[str]:
+    """Capabilities a container needs to lock its weights.
+
+    The kernel lets mlock() past RLIMIT_MEMLOCK only with CAP_IPC_LOCK (mm/mlock.c), and
+    podman's default set lacks it. Rootful podman: the capability alone lets any size lock.
+    Rootless: the capability does not count outside the user namespace, so the
+    ``--ulimit memlock=-1:-1`` rendered beside it is what lets the lock through, as far as
+    the user's own hard limit allows (the systemd unit says so).
+    """
+    runtime = profile.runtime
+    if not _locks_weights(profile) or not isinstance(runtime, PodmanRuntime):
+        return []
+    return [] if "IPC_LOCK" in runtime.cap_add else ["IPC_LOCK"]
+
+
 def _container_model_path(profile: ModelProfile) -> tuple[str, str]:
     """(host mount source, model path inside the container)."""
     host_path = PurePosixPath(profile.model.path)
@@ -230,8 +315,13 @@ def build_plan(
     default_bind_host: str = "127.0.0.1",
     podman_binary: str = "podman",
     header: GgufHeader | None = None,
+    weights: HfWeights | None = None,
 ) -> Plan:
-    """Decide everything about one launch. Raises ProfileError / TemplateError on bad input."""
+    """Decide everything about one launch. Raises ProfileError / TemplateError on bad input.
+
+    ``weights``: where the profile's ``hf_repo`` is in the host's cache (``hfcache.locate``);
+    without it, a Hugging Face profile is planned as not yet looked up.
+    """
     auto: AutoPlacement | None = None
     requested = resolved
     if isinstance(resolved.profile.engine, LlamaEngine):
@@ -260,18 +350,17 @@ def build_plan(
         else:
             api_key_file = profile.secrets.api_key_file
 
-    if isinstance(runtime, PodmanRuntime) and isinstance(engine, LlamaEngine):
-        mount_source, model_path = _container_model_path(profile)
-        model_mount = f"{mount_source}:{CONTAINER_MODELS}:{profile.model.mount_options}"
+    if profile.model.hf_repo and weights is None:
+        weights = unresolved(profile.model, hub_dir({}))
+    model_args = _model_args(profile, weights)
+    model_path = model_args.model_path
+    if isinstance(runtime, PodmanRuntime):
         bind_host, bind_port = "0.0.0.0", runtime.container_port
     else:
-        model_path = profile.model.path or profile.model.repo
-        model_mount = ""
-        if is_podman:
-            assert isinstance(runtime, PodmanRuntime)
-            bind_host, bind_port = "0.0.0.0", runtime.container_port
-        else:
-            bind_host, bind_port = host, port
+        bind_host, bind_port = host, port
+    if weights is not None and not weights.cached:
+        then = "vLLM downloads it at start" if isinstance(engine, VllmEngine) else "not startable"
+        warnings.append(f"model: {weights.missing_text()} ({then})")
 
     if isinstance(engine, LlamaEngine):
         caps = engine_caps(engine.kind, engine.version)
@@ -305,10 +394,22 @@ def build_plan(
         template = "engines/vllm.j2"
         ot = ""
         if is_podman:
-            warnings.append("vLLM in podman: the image must provide `vllm` as its entrypoint")
+            warnings.append(
+                "vLLM in podman: the image's entrypoint must be `vllm serve` "
+                "(as vllm/vllm-openai's is)"
+            )
     # profile.gpus restricts the engine itself, not only orch's budget
     allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
     devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
+    off_gpu_env: dict[str, str] = {}
+    if isinstance(engine, LlamaEngine) and allowed and stays_off_gpu(engine):
+        # nothing on a GPU: keep the CUDA build off them, or it opens the first one anyway
+        # (a CUDA context plus a compute buffer for the batches it offloads)
+        if engine.kind == "llama.cpp":
+            devices = "none"
+        else:  # ik_llama.cpp's --device takes no "none": hide the GPUs from CUDA instead
+            devices = ""
+            off_gpu_env = {"CUDA_VISIBLE_DEVICES": ""}
     if devices and is_podman and isinstance(engine, VllmEngine):
         warnings.append(
             "gpus: vLLM in podman uses every GPU in runtime.devices; list only "
@@ -321,6 +422,8 @@ def build_plan(
         "bind_host": bind_host,
         "bind_port": bind_port,
         "model_path": model_path,
+        "serve": not is_podman,
+        "revision": profile.model.revision if profile.model.hf_repo else "main",
         "override_tensors": ot,
         "api_key_file": api_key_file,
     }
@@ -334,6 +437,7 @@ def build_plan(
         "numactl": numactl_args(profile),
         "publish": [host, port],
         "secret_env": secret_env,
+        "model": [model_args.mounts, model_args.env],
     }
     plan_hash = _plan_hash(hash_parts)
     if is_podman:
@@ -347,7 +451,10 @@ def build_plan(
             "plan_hash": plan_hash,
             "publish_host": host,
             "publish_port": port,
-            "model_mount": model_mount or f"{_hf_cache_hint()}:/root/.cache/huggingface:Z",
+            "cap_add": [*runtime.cap_add, *_lock_caps(profile)],
+            "memlock": _locks_weights(profile),
+            "model_mounts": model_args.mounts,
+            "container_env": {**dict(model_args.env), **off_gpu_env, **runtime.env},
             "api_key_mount": api_key_mount,
             "secret_env": secret_env,
             "engine_args": engine_rendered.argv,
@@ -364,10 +471,10 @@ def build_plan(
                 "engine_args": engine_rendered.argv,
             },
         )
-        process_env = runtime_env
+        process_env = {**dict(model_args.env), **off_gpu_env, **runtime_env}
         if isinstance(engine, VllmEngine) and devices:
             indices = ",".join(name.removeprefix("CUDA") for name in allowed)
-            process_env = {**runtime_env, "CUDA_VISIBLE_DEVICES": indices}
+            process_env = {**process_env, "CUDA_VISIBLE_DEVICES": indices}
 
     memory, weights_source, model_bytes = estimate(resolved, header)
     device_budgets = budgets(memory, resolved.hardware)
@@ -402,6 +509,8 @@ def build_plan(
         warnings=tuple(warnings),
         suggestions=tuple(suggestions),
         placement=auto,
+        weights=weights,
+        model_file=weights.path if weights is not None and weights.file else profile.model.path,
     )
 
 
@@ -410,10 +519,6 @@ def _applied(auto: AutoPlacement) -> Candidate:
     if auto.chosen is not None:
         return auto.chosen
     return min(auto.considered, key=lambda c: sum(b.over_by for b in c.budget))
-
-
-def _hf_cache_hint() -> str:
-    return "/var/lib/orch/huggingface"
 
 
 def _url_host(host: str) -> str:

@@ -81,6 +81,24 @@ def gpus_for(profile: ModelProfile, hardware: HardwareProfile) -> list[tuple[str
     ]
 
 
+def stays_off_gpu(engine: LlamaEngine) -> bool:
+    """Whether a llama-server profile places nothing on a GPU (``gpu_layers = 0``, no rule to one).
+
+    A CUDA build would still open the first GPU it sees for such a command line (a CUDA
+    context, and a compute buffer for the large batches it offloads), so orch renders what
+    keeps it off the GPUs instead (``plan.py``) and sizes it as a CPU-only process.
+    """
+    return engine.gpu_layers == 0 and all(r.device == "CPU" for r in engine.override_tensors)
+
+
+def engine_gpus(profile: ModelProfile, hardware: HardwareProfile) -> list[tuple[str, int]]:
+    """``(name, vram_mib)`` of the GPUs the engine will open: none when it stays off them."""
+    engine = profile.engine
+    if isinstance(engine, LlamaEngine) and stays_off_gpu(engine):
+        return []
+    return gpus_for(profile, hardware)
+
+
 def llama_config(
     engine: LlamaEngine,
     caps: EngineCaps,
@@ -121,6 +139,7 @@ def llama_config(
         kv_unified=engine.kv_unified or engine.parallel is None,
         # upstream's CPU backend repacks some types when no GPU takes the host weights
         repack_types=REPACK_AVX2 if engine.kind == "llama.cpp" and not gpus else (),
+        fa_f16_pool=engine.kind == "ik_llama.cpp",
     )
 
 
@@ -154,7 +173,7 @@ def llama_config_for(resolved: ResolvedProfile) -> LlamaConfig:
     assert isinstance(engine, LlamaEngine)
     caps = engine_caps(engine.kind, engine.version)
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
-    return llama_config(engine, caps, hardware, gpus_for(profile, hardware), moe_layers)
+    return llama_config(engine, caps, hardware, engine_gpus(profile, hardware), moe_layers)
 
 
 def budgets(memory: MemoryEstimate, hardware: HardwareProfile) -> tuple[DeviceBudget, ...]:

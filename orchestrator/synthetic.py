@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -439,6 +440,8 @@ def write_gguf(
     *,
     seed: int = 0,
     chat_template: str | None = CHATML_TEMPLATE,
+    split_max_tensors: int = 0,
+    sparse: bool = False,
 ) -> Path:
     """Write a GGUF file with random weights and the tensor shapes of ``spec``.
 
@@ -452,9 +455,13 @@ def write_gguf(
         chat_template: Jinja chat template stored as
             ``tokenizer.chat_template``; ``None`` leaves the key out (then
             ``/v1/chat/completions`` relies on llama-server's fallback).
+        split_max_tensors: Split into ``NAME-00001-of-0000N.gguf`` files of at most
+            this many tensors each, as ``llama-gguf-split`` would (0: one file).
+        sparse: Write the header only and leave the tensor data a hole of its full size
+            (for tools that plan from the header, such as llama.cpp's ``no_alloc`` loading).
 
     Returns:
-        The path written.
+        The path written (a split's first part).
     """
     import gguf  # local: keep ``import orchestrator.synthetic`` cheap
 
@@ -462,8 +469,11 @@ def write_gguf(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     rng = np.random.default_rng(seed)
+    if split_max_tensors:  # the writer names the parts after its path: write them in a folder
+        tmp.mkdir()
+        tmp = tmp / dest.name
 
-    writer = gguf.GGUFWriter(tmp, spec.arch)
+    writer = gguf.GGUFWriter(tmp, spec.arch, split_max_tensors=split_max_tensors)
     writer.add_name(spec.name)
     writer.add_context_length(spec.ctx_train)
     writer.add_embedding_length(spec.n_embd)
@@ -495,6 +505,8 @@ def write_gguf(
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
+    if sparse:
+        return _write_sparse(writer, spec, tmp, dest)
     cache: dict[tuple[tuple[int, ...], str], npt.NDArray[np.generic]] = {}
     for t in tensor_specs(spec):
         np_shape = tuple(reversed(t.shape))
@@ -513,6 +525,46 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        if not split_max_tensors:
+            tmp.replace(dest)
+            return dest
+        parts = sorted(tmp.parent.iterdir())
+        for part in parts:
+            part.replace(dest.with_name(part.name))
+        tmp.parent.rmdir()
+        return dest.with_name(parts[0].name)
+    except BaseException:
+        writer.close()
+        if split_max_tensors:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_sparse(writer: Any, spec: SyntheticSpec, tmp: Path, dest: Path) -> Path:
+    """The header of ``spec``'s GGUF, then a hole as long as its tensor data."""
+    import gguf
+
+    data = 0
+    for t in tensor_specs(spec):
+        np_shape = tuple(reversed(t.shape))
+        if t.ggml_type in ("Q8_0", "Q4_0"):
+            qtype = gguf.GGMLQuantizationType[t.ggml_type]
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            byte_shape = (*np_shape[:-1], np_shape[-1] // block * type_size)
+            writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, qtype)
+        else:
+            dtype = np.dtype(np.float32 if t.ggml_type == "F32" else np.float16)
+            writer.add_tensor_info(t.name, np_shape, dtype, t.nbytes)
+        data += gguf.GGUFWriter.ggml_pad(t.nbytes, writer.data_alignment)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
+        writer.close()
+        os.truncate(tmp, start + data)
         tmp.replace(dest)
     except BaseException:
         writer.close()

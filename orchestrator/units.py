@@ -116,6 +116,7 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
         mounts.append("%t/containers")
     engine = profile.engine
     memlock = isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
+    locked = plan.memory.devices["CPU"].weights if "CPU" in plan.memory.devices else 0
     api_key_env = profile.secrets.api_key_env or ""
     return {
         "name": plan.name,
@@ -137,8 +138,30 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
         "watchdog_s": WATCHDOG_S,
         "restart_s": RESTART_S,
         "memlock_infinity": memlock,
+        "memlock_notes": _memlock_notes(podman, locked) if memlock else [],
         "wanted_by": "default.target" if host.user else "multi-user.target",
     }
+
+
+def _memlock_notes(podman: bool, locked: int) -> list[str]:
+    """What the host must allow for ``load_mode = "mlock"`` to lock the weights."""
+    size = f"{locked / GIB:.2f} GiB"
+    notes = [f'engine.load_mode = "mlock": llama-server locks {size} of weights in RAM,']
+    if podman:
+        notes += [
+            "which then cannot be swapped or reclaimed. The container gets CAP_IPC_LOCK and",
+            "--ulimit memlock=-1:-1. Rootful podman needs nothing more. Rootless podman cannot",
+            "raise a limit above the user's own and the capability does not count there: the",
+            "user's hard memlock limit must be unlimited (/etc/security/limits.conf:",
+            '"USER hard memlock unlimited", or DefaultLimitMEMLOCK= for a user manager).',
+        ]
+    else:
+        notes += [
+            "which then cannot be swapped or reclaimed. LimitMEMLOCK= below lifts the limit for",
+            "a system unit; a user unit cannot exceed the user manager's limit",
+            "(DefaultLimitMEMLOCK= in /etc/systemd/user.conf, or /etc/security/limits.conf).",
+        ]
+    return notes
 
 
 def render_unit(plan: Plan, host: UnitHost, env: jinja2.Environment) -> str:

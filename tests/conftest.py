@@ -14,10 +14,28 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.hfcache import unresolved
+from orchestrator.plan import Plan, build_plan
+from orchestrator.profiles.loader import Catalog
+from orchestrator.render import make_environment
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
 TEMPLATES = REPO / "templates"
 GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+SEED_HUB = "/mnt/data/hf/hub"
+"""The lab notes' Hugging Face hub cache (seed 003: ``MO=/mnt/data/hf/hub/models--...``)."""
+
+
+def shipped_plan(name: str, profiles: Path = PROFILES) -> Plan:
+    """A shipped profile planned as ``plan --dry-run`` plans it on the notes' machine when the
+    weights are not in its cache: from the declared hardware, the cache at SEED_HUB."""
+    resolved = Catalog(profiles).load(name)
+    model = resolved.profile.model
+    weights = unresolved(model, SEED_HUB) if model.hf_repo else None
+    return build_plan(resolved, make_environment(TEMPLATES), weights=weights)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

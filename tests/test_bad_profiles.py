@@ -140,7 +140,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "missing hardware reference",
         edit('hardware = "epyc9175f-rtxpro6000"', 'hardware = "epyc9999"'),
-        "hardware: no hardware profile 'epyc9999' (available: epyc9175f-2x-rtxpro6000, epyc9175f-rtxpro6000, small-cpu)",
+        "hardware: no hardware profile 'epyc9999' (available: epyc9175f-2x-rtxpro6000, epyc9175f-rtxpro6000, h100-sxm-80gb, small-cpu)",
     ),
     (
         "missing architecture reference",
@@ -189,7 +189,7 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "vllm parser missing",
-        GOOD.replace('path = "/models/q.gguf"', 'repo = "org/m"').replace(
+        GOOD.replace('path = "/models/q.gguf"', 'hf_repo = "org/m"').replace(
             'kind = "llama.cpp"\nctx = 8192',
             'kind = "vllm"\nmax_model_len = 8192\nenable_auto_tool_choice = true',
         ),
@@ -197,7 +197,7 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "vllm tp over gpus",
-        GOOD.replace('path = "/models/q.gguf"', 'repo = "org/m"').replace(
+        GOOD.replace('path = "/models/q.gguf"', 'hf_repo = "org/m"').replace(
             'kind = "llama.cpp"\nctx = 8192',
             'kind = "vllm"\nmax_model_len = 8192\ntensor_parallel_size = 2',
         ),
@@ -235,6 +235,61 @@ CASES: list[tuple[str, str, str]] = [
         "unknown placement",
         add("engine", 'placement = "fastest"'),
         "engine.placement: 'fastest' is not one of manual, auto",
+    ),
+    (
+        "path and hf_repo",
+        add("model", 'hf_repo = "org/m-GGUF"\nhf_file = "m.gguf"'),
+        "model.path: set path or hf_repo, not both",
+    ),
+    (
+        "hf_file without hf_repo",
+        add("model", 'hf_file = "m.gguf"'),
+        "model.hf_file: needs hf_repo",
+    ),
+    (
+        "hf_repo not an id",
+        edit('path = "/models/q.gguf"', 'hf_repo = "https://hf.co/org/m"\nhf_file = "m.gguf"'),
+        "model.hf_repo: 'https://hf.co/org/m' is not a Hugging Face repo id like ORG/NAME",
+    ),
+    (
+        "hf_file escapes the repo",
+        edit('path = "/models/q.gguf"', 'hf_repo = "org/m"\nhf_file = "../m.gguf"'),
+        "model.hf_file: '../m.gguf' is not a file path inside the repo like DIR/NAME.gguf",
+    ),
+    (
+        "hf_repo without hf_file on llama.cpp",
+        edit('path = "/models/q.gguf"', 'hf_repo = "org/m-GGUF"'),
+        "model.hf_file: llama.cpp engines need the GGUF in hf_repo",
+    ),
+    (
+        "hf_file not gguf",
+        edit('path = "/models/q.gguf"', 'hf_repo = "org/m"\nhf_file = "model.safetensors"'),
+        "model.hf_file: 'model.safetensors' is not a .gguf file",
+    ),
+    (
+        "revision with spaces",
+        edit(
+            'path = "/models/q.gguf"',
+            'hf_repo = "org/m"\nhf_file = "m.gguf"\nrevision = "my branch"',
+        ),
+        "model.revision: 'my branch' is not a branch, tag or commit hash",
+    ),
+    (
+        "mount_root with hf_repo",
+        edit('path = "/models/q.gguf"', 'hf_repo = "org/m"\nhf_file = "m.gguf"\nmount_root = "/x"'),
+        "model.mount_root: orch mounts the hf_repo's cache folder itself",
+    ),
+    (
+        "hf_file on vllm",
+        GOOD.replace('path = "/models/q.gguf"', 'hf_repo = "org/m"\nhf_file = "m.gguf"').replace(
+            'kind = "llama.cpp"\nctx = 8192', 'kind = "vllm"\nmax_model_len = 8192'
+        ),
+        "model.hf_file: vllm loads the whole hf_repo; remove hf_file",
+    ),
+    (
+        "hf_home relative",
+        edit('kind = "process"', 'kind = "podman"\nimage = "x"\nhf_home = "hf"'),
+        "runtime.hf_home: 'hf' is not an absolute container path",
     ),
     (
         "sampling top_p range",

@@ -278,7 +278,7 @@ architecture = "synthetic-tiny-dense"
 hardware = "epyc9175f-rtxpro6000"
 
 [model]
-repo = "test/tiny-dense"
+hf_repo = "test/tiny-dense"
 quant = "F16"
 
 [engine]

@@ -2,7 +2,9 @@
 
 Allowed differences, all deliberate: orch runs containers detached, named, labelled and with
 --init instead of --rm -it; publishes on 127.0.0.1 unless a profile says otherwise; adds
---metrics (for `orch status`) and an explicit --host/--port; and makes vLLM's defaults explicit.
+--metrics (for `orch status`) and an explicit --host/--port; makes vLLM's defaults explicit;
+and gives a container that locks its weights (--mlock) what locking needs (--cap-add=IPC_LOCK,
+--ulimit memlock=-1:-1), without which the seed's command locks nothing beyond 8 MiB.
 Everything else (every flag and value) must match.
 """
 
@@ -18,7 +20,7 @@ from orchestrator.engines import canonical_flag
 from orchestrator.plan import Plan, build_plan
 from orchestrator.profiles.loader import Catalog
 from orchestrator.render import make_environment
-from tests.conftest import PROFILES, TEMPLATES
+from tests.conftest import PROFILES, TEMPLATES, shipped_plan
 
 SEEDS = Path(__file__).parent / "seeds"
 NAMES = sorted(p.stem for p in SEEDS.glob("*.sh"))
@@ -72,13 +74,15 @@ def seed_words(name: str, plan: Plan) -> list[str]:
     profile = plan.profile
     runtime = profile.runtime
     model = profile.model
-    mount_root = model.mount_root or str(Path(model.path).parent)
-    container_model = (
-        "/models/" + str(Path(model.path).relative_to(mount_root)) if model.path else ""
-    )
+    if plan.weights is not None:  # a Hugging Face cache: the seed mounts the repo folder ($MO)
+        mount_root = plan.weights.repo_dir
+        container_model = "/models/" + plan.weights.relative_path
+    else:
+        mount_root = model.mount_root or str(Path(model.path).parent)
+        container_model = "/models/" + str(Path(model.path).relative_to(mount_root))
     values = {  # longest names first: $MO is a prefix of $MODEL
         "MODEL": container_model,
-        "model": model.path,
+        "model": plan.model_file,
         "IMG": getattr(runtime, "image", ""),
         "MO": mount_root,
     }
@@ -97,17 +101,17 @@ def split_at_image(words: list[str], plan: Plan) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_seed_command_matches(name: str) -> None:
-    plan = build_plan(Catalog(PROFILES).load(name), make_environment(TEMPLATES))
+    plan = shipped_plan(name)
     seed_outer, seed_engine = split_at_image(seed_words(name, plan), plan)
     orch_outer, orch_engine = split_at_image(list(plan.argv), plan)
 
     seed_e, orch_e = pairs(seed_engine), pairs(orch_engine)
     # program words: the binary (path differs for process runs) and `serve MODEL`
     seed_e = Counter(
-        {k: v for k, v in seed_e.items() if k[0] or k[1] in ("serve", plan.profile.model.repo)}
+        {k: v for k, v in seed_e.items() if k[0] or k[1] in ("serve", plan.profile.model.hf_repo)}
     )
     orch_e = Counter(
-        {k: v for k, v in orch_e.items() if k[0] or k[1] in ("serve", plan.profile.model.repo)}
+        {k: v for k, v in orch_e.items() if k[0] or k[1] in ("serve", plan.profile.model.hf_repo)}
     )
     missing = seed_e - orch_e
     extra = orch_e - seed_e
@@ -120,6 +124,9 @@ def test_seed_command_matches(name: str) -> None:
     seed_o, orch_o = pairs(seed_outer), pairs(orch_outer)
     seed_o = Counter({k: v for k, v in seed_o.items() if k[0] not in SEED_ONLY})
     orch_o = Counter({k: v for k, v in orch_o.items() if k[0] not in ORCH_ADDS})
+    if ("--mlock", "") in seed_e:
+        assert orch_o.pop(("--cap-add", "IPC_LOCK")) == 1
+        assert orch_o.pop(("--ulimit", "memlock=-1:-1")) == 1
     for key in list(seed_o):
         if key[0] == "-p":
             seed_o[("-p", "127.0.0.1:" + key[1])] += seed_o.pop(key)
@@ -138,3 +145,16 @@ def test_codegen_seed_as_written_is_refused() -> None:
     gpu = next(b for b in plan.budget if b.device == "CUDA0")
     assert gpu.need > 150 * 2**30
     assert any("cpu_moe = true" in s for s in plan.suggestions)
+
+
+def test_seed_003_mounts_the_repo_folder_and_names_the_snapshot() -> None:
+    """Seed 003: MO=/mnt/data/hf/hub/models--ubergarm--Qwen3.5-397B-A17B-GGUF and
+    MODEL=/models/snapshots/.../IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf."""
+    plan = shipped_plan("qwen35-397b-iq4")
+    argv = list(plan.argv)
+    assert argv[argv.index("-v") + 1] == (
+        "/mnt/data/hf/hub/models--ubergarm--Qwen3.5-397B-A17B-GGUF:/models:ro,Z"
+    )
+    model = argv[argv.index("--model") + 1]
+    assert model.startswith("/models/snapshots/")
+    assert model.endswith("/IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf")

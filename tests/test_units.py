@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.errors import OrchError
-from orchestrator.plan import Plan, build_plan
+from orchestrator.plan import Plan
 from orchestrator.profiles.loader import Catalog
 from orchestrator.render import make_environment
 from orchestrator.systemd import SystemdError, install, user_unit_dir
@@ -24,7 +24,7 @@ from orchestrator.units import (
     start_timeout_s,
     unit_name,
 )
-from tests.conftest import GOLDEN, PROFILES, TEMPLATES
+from tests.conftest import GOLDEN, PROFILES, TEMPLATES, shipped_plan
 
 UNITS = GOLDEN / "units"
 NAMES = Catalog(PROFILES).model_names()
@@ -39,7 +39,7 @@ GOLDEN_ENV = {
 
 
 def plan_for(name: str) -> Plan:
-    return build_plan(Catalog(PROFILES).load(name), make_environment(TEMPLATES))
+    return shipped_plan(name)
 
 
 def unit_for(name: str, orch: str = "/opt/orch/bin/orch", *, user: bool = False) -> str:

@@ -46,7 +46,7 @@ architecture = "qwen3-coder-next"
 hardware = "epyc9175f-2x-rtxpro6000"
 
 [model]
-repo = "vincentzed-hf/Qwen3-Coder-Next-NVFP4"
+hf_repo = "vincentzed-hf/Qwen3-Coder-Next-NVFP4"
 quant = "NVFP4"
 
 [engine]
@@ -93,15 +93,17 @@ def serve_args(argv: Sequence[str], plan: Plan) -> list[str]:
     """What follows ``vllm serve`` in a full argv.
 
     A process runs ``[numactl …] BINARY serve MODEL FLAGS``; podman runs
-    ``podman run … IMAGE serve MODEL FLAGS`` (the image's entrypoint is ``vllm``).
+    ``podman run … IMAGE MODEL FLAGS`` (the image's entrypoint is ``vllm serve``, as
+    vllm/vllm-openai's is).
     """
     engine, runtime = plan.profile.engine, plan.profile.runtime
     assert isinstance(engine, VllmEngine)
-    lead = runtime.image if isinstance(runtime, PodmanRuntime) else engine.binary
+    if isinstance(runtime, PodmanRuntime):
+        return list(argv[list(argv).index(runtime.image) + 1 :])
     for i in range(len(argv) - 1):
-        if argv[i] == lead and argv[i + 1] == "serve":
+        if argv[i] == engine.binary and argv[i + 1] == "serve":
             return list(argv[i + 2 :])
-    raise AssertionError(f"no {lead!r} followed by 'serve' in {list(argv)}")
+    raise AssertionError(f"no {engine.binary!r} followed by 'serve' in {list(argv)}")
 
 
 def _stable(argv: Sequence[str]) -> list[str]:
@@ -157,9 +159,11 @@ def test_the_installed_vllm_is_the_pinned_one(vllm: dict[str, Any]) -> None:
 def test_checked_args_are_the_golden_ones(name: str, plans: dict[str, Plan]) -> None:
     plan = plans[name]
     golden = json.loads((GOLDEN / "plans" / name / "argv.json").read_text(encoding="utf-8"))
-    assert plan.engine_argv[0] == "serve"
-    assert _stable(serve_args(plan.argv, plan)) == _stable(plan.engine_argv[1:])
-    assert serve_args(golden, plan) == _stable(plan.engine_argv[1:])
+    in_podman = isinstance(plan.profile.runtime, PodmanRuntime)
+    assert (plan.engine_argv[0] == "serve") is not in_podman
+    expected = _stable(plan.engine_argv[0 if in_podman else 1 :])
+    assert _stable(serve_args(plan.argv, plan)) == expected
+    assert serve_args(golden, plan) == expected
 
 
 @pytest.mark.parametrize("name", [*SHIPPED, *VARIANTS])
@@ -177,7 +181,7 @@ def test_vllm_parses_orchs_values(name: str, plans: dict[str, Plan], vllm: dict[
     assert isinstance(e, VllmEngine)
     runtime = plan.profile.runtime
     in_podman = isinstance(runtime, PodmanRuntime)
-    model = plan.profile.model.path or plan.profile.model.repo
+    model = plan.profile.model.path or plan.profile.model.hf_repo
     expected = {
         "model_tag": model,
         "model": model,

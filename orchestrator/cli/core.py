@@ -168,6 +168,9 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
         markup=False,
     )
     console.print(f"  weights from {plan.weights_source}", markup=False)
+    if plan.weights is not None:
+        where = plan.weights.path if plan.weights.cached else "not in the cache (see below)"
+        console.print(f"  {plan.weights.label()}: {where}", markup=False)
     console.print()
     console.print(plan.display(), markup=False)
     console.print()
@@ -260,8 +263,9 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         gpu_vram_mib=vram,
         cuda_context_mib=context_mib,
         moe_layers=moe_layers,
-        # a CPU-only llama-server on x86-64 repacks some weight types into a second buffer
-        repack_types=REPACK_AVX2 if x86 and not gpus else (),
+        # a llama-server without a GPU (none here, or --device none) repacks some weight
+        # types into a second buffer on x86-64; the model applies it only without GPUs
+        repack_types=REPACK_AVX2 if x86 else (),
     )
     memory = estimate_llama(arch, list(header.tensors), cfg)
     if args.json:

@@ -205,6 +205,16 @@ def parse_llama_args(
         kv_unified = False
     if "--no-repack" in flags or "-nr" in flags:
         repack_types = ()
+    if "--device" in values:  # the GPUs the engine may use; "none" keeps it off them all
+        names = [] if values["--device"] == "none" else values["--device"].split(",")
+        unknown = [n for n in names if n not in gpus]
+        if unknown:
+            raise ArgsError(
+                f"--device: {', '.join(unknown)} is not a GPU here ({', '.join(gpus) or 'none'})"
+            )
+        keep = [i for i, g in enumerate(gpus) if g in names]
+        gpus = tuple(gpus[i] for i in keep)
+        gpu_vram_mib = tuple(gpu_vram_mib[i] for i in keep)
     return LlamaConfig(
         ctx=number("--ctx-size", 0),
         ubatch=number("--ubatch-size", 512),

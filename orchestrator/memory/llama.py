@@ -6,7 +6,9 @@ fractions; token embeddings stay on the host; ``-ot`` / ``--cpu-moe`` / ``--n-cp
 apply in command-line order and the first regex that matches (search semantics) wins.
 
 Checked against real runs: ``benchmarks/data/h100-llama-server.csv`` (GPU) and
-``benchmarks/data/cpu-llama-server.csv`` (CPU only), see ``orchestrator.memory.calibration``.
+``benchmarks/data/cpu-llama-server.csv`` (CPU only), see ``orchestrator.memory.calibration``;
+GPU compute buffers also against llama.cpp's own scheduler and allocator run with a device
+that follows ggml-cuda's rules (``benchmarks/sched_sim``, ``tests/test_memory_sched.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXPERT_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 OP_OFFLOAD_MIN_BATCH = 32
 F32 = 4
 F16 = 2
+I64 = 8
 CPU_ONLY_BASE_MIB = 24
 REPACK_AVX2 = ("q4_0", "q4_k", "iq4_nl", "mxfp4")
 """Weight types ggml's CPU backend repacks on x86-64 with AVX2 (``ggml-cpu/repack.cpp``,
@@ -78,6 +81,10 @@ class LlamaConfig:
     """One KV stream for all slots (llama-server's default when ``-np`` is not given). False
     (``-np N`` without ``-kvu``): one stream per slot of ``ctx / N`` cells, padded to 256 each;
     the worst-case graph then attends over one stream's cells, not the whole context."""
+    fa_f16_pool: bool = False
+    """ik_llama.cpp: flash attention converts a quantized K / V to F16 in the CUDA memory pool
+    at run time (``launch_fattn``'s ``ggml_cuda_pool_alloc``), which grows with the context in
+    use and never shrinks; upstream reserves that room in the compute buffer instead."""
     repack_types: tuple[str, ...] = ()
     """Weight types the CPU backend repacks (``REPACK_AVX2`` on x86-64). Only a CPU-only process
     repacks: with a GPU, its pinned host buffer takes the host weights. Empty: ``--no-repack``."""
@@ -258,17 +265,116 @@ def _compute_bytes(arch: Architecture, cfg: LlamaConfig, on_gpu_output: bool) ->
     return mask + residual + max(attention, ffn, logits)
 
 
-def cpu_work_bytes(arch: Architecture, cfg: LlamaConfig) -> int:
+def _max_kv_cells(arch: Architecture, cfg: LlamaConfig) -> int:
+    """Cells of the largest attention layer's KV cache (a windowed layer holds fewer)."""
+    cells = [kv_cells(arch, cfg, layer) for layer in range(arch.n_layer) if arch.has_kv(layer)]
+    return max(cells, default=0)
+
+
+def fa_f16_copy_bytes(arch: Architecture, cfg: LlamaConfig) -> int:
+    """Flash attention's F16 copies of a quantized K / V on CUDA, for one layer.
+
+    For a batch, ggml-cuda's flash attention runs the MMA kernel
+    (``ggml_cuda_get_best_fattn_kernel``), which reads K and V as F16: a cache of another type
+    is converted first, into room ``ggml_backend_cuda_buffer_type_get_alloc_size`` adds to the
+    attention node's own allocation (``ggml_cuda_flash_attn_ext_get_alloc_size``). So the
+    compute buffer holds one layer's whole K and/or V view (every cell of the worst-case
+    graph) as F16, beyond the buffers llama.cpp logs separately.
+    """
+    if not cfg.flash_attn:
+        return 0
+    cells = _max_kv_cells(arch, cfg)
+    width = arch.n_head_kv * arch.head_dim
+    kinds = (cfg.cache_type_k, cfg.cache_type_v)
+    return sum(width * cells * F16 for kind in kinds if kind.lower() != "f16")
+
+
+def kv_copy_bytes(arch: Architecture, cfg: LlamaConfig) -> int:
+    """One host layer's K and V views, as the GPU copies them in to run its attention."""
+    cells = _max_kv_cells(arch, cfg)
+    width = arch.n_head_kv * arch.head_dim
+    return sum(
+        ggml_type(kind).nbytes((width, cells)) for kind in (cfg.cache_type_k, cfg.cache_type_v)
+    )
+
+
+def _attention_phase_bytes(arch: Architecture, cfg: LlamaConfig, *, copies: bool) -> int:
+    """A GPU's compute buffer while one layer's attention runs (one ubatch).
+
+    Live then (ggml-alloc's peak, read from llama.cpp's scheduler): the mask, the residual
+    stream and the normed input (2 x n_embd), Q before and after RoPE and the attention
+    output (3 x n_head x head_dim) per token; without flash attention the F32 scores and the
+    per-element indices of the transposed V store; with a quantized cache, flash attention's
+    F16 copies; and for a host layer whose attention the GPU takes over (``copies``), the
+    layer's K and V views copied in from host RAM.
+    """
+    n_ub = cfg.ubatch
+    n_kv = ctx_per_stream(arch, cfg)
+    mask = n_kv * n_ub * (F16 if cfg.flash_attn else F32)
+    activations = (2 * arch.n_embd + 3 * arch.n_head * arch.head_dim) * n_ub * F32
+    if cfg.flash_attn:
+        extra = 0 if cfg.fa_f16_pool else fa_f16_copy_bytes(arch, cfg)
+    else:
+        scores = arch.n_head * n_ub * n_kv * F32
+        extra = scores + n_ub * arch.n_head_kv * arch.head_dim * I64
+    if copies:
+        extra += kv_copy_bytes(arch, cfg)
+    return mask + activations + extra
+
+
+def _expert_offload_bytes(arch: Architecture, cfg: LlamaConfig, expert: int) -> int:
+    """A GPU's buffer while it multiplies a batch by one host expert tensor it copied in.
+
+    With only the experts on the host (``--cpu-moe``), the peak is the down projection: the
+    expert weights, the routed activations going in and coming out, the mask and the
+    residual stream with its normed copy.
+    """
+    assert arch.moe is not None
+    n_ub, moe = cfg.ubatch, arch.moe
+    mask = ctx_per_stream(arch, cfg) * n_ub * (F16 if cfg.flash_attn else F32)
+    routed = n_ub * moe.n_expert_used * (moe.n_ff_exp + arch.n_embd) * F32
+    return mask + 2 * n_ub * arch.n_embd * F32 + expert + routed
+
+
+def gpu_compute_bytes(
+    arch: Architecture,
+    cfg: LlamaConfig,
+    *,
+    output_here: bool,
+    host_weight: int = 0,
+    host_layers: bool = False,
+) -> int:
+    """A GPU's compute buffer: the largest of its graph's phases for one ubatch.
+
+    ``host_weight``: the largest host weight matrix when this GPU runs the host's share of a
+    large batch (op offload: once a batch reaches 32 rows ``ggml_backend_sched`` moves every
+    operation on a host weight to the GPU, copying the weight in), else 0. ``host_layers``:
+    whole layers are on the host, so the GPU also runs their attention, copying in each
+    layer's K and V views; otherwise only experts are (``--cpu-moe``).
+    """
+    full = _compute_bytes(arch, cfg, output_here)
+    size = max(full, _attention_phase_bytes(arch, cfg, copies=False))
+    if not host_weight:
+        return size
+    if host_layers or arch.moe is None:
+        # each copied weight leaves a hole the next activations do not always fit in
+        return max(size, full + host_weight, _attention_phase_bytes(arch, cfg, copies=True))
+    return max(size, _expert_offload_bytes(arch, cfg, host_weight))
+
+
+def cpu_work_bytes(arch: Architecture, cfg: LlamaConfig, rows: int | None = None) -> int:
     """The CPU backend's work buffer at its peak, beside the compute buffer llama.cpp logs.
 
     ``ggml_graph_plan`` sizes it for the node whose second operand must be converted to the
     first's dot type; ``ggml_backend_cpu_graph_compute`` keeps the largest one allocated.
     Without flash attention that is ``kqv = V x softmax(KQ)``: the F32 scores become F16
-    (``n_head x n_ub x n_kv`` x 2 bytes). Everything else converts one activation row set.
+    (``n_head x rows x n_kv`` x 2 bytes). Everything else converts one activation row set.
+    ``rows``: the largest batch the CPU computes itself (default: a whole ubatch).
     """
     if cfg.flash_attn or cfg.cache_type_v.lower() == "f32":
         return 0
-    return arch.n_head * cfg.ubatch * ctx_per_stream(arch, cfg) * F16
+    rows = cfg.ubatch if rows is None else rows
+    return arch.n_head * rows * ctx_per_stream(arch, cfg) * F16
 
 
 def estimate_llama(
@@ -305,40 +411,74 @@ def estimate_llama(
         )
         kv[device] = kv.get(device, 0) + size
 
-    used_gpus = [
-        g
-        for g in cfg.gpus
-        if weights.get(g, 0) or kv.get(g, 0) or g in placement.layer_device.values()
-    ]
+    # The engine opens every GPU it sees (llama_prepare_model_devices asks each one for its
+    # free memory): each gets a CUDA context, even with no layer on it (-ngl 0). With
+    # --split-mode none it keeps only the main GPU.
+    used_gpus = list(cfg.gpus[:1] if cfg.split_mode == "none" else cfg.gpus)
     compute: dict[str, int] = {}
     notes: list[str] = []
     n_ub = cfg.ubatch
     n_kv = ctx_per_stream(arch, cfg)
     cpu_weight_tensors = [t for t in tensors if placement.tensor_device[t.name] == CPU]
-    op_offload = [
-        t.nbytes
-        for t in cpu_weight_tensors
-        if t.layer is not None and len(t.shape) >= 2 and n_ub >= OP_OFFLOAD_MIN_BATCH
+    host_matrices = [
+        t.nbytes for t in cpu_weight_tensors if t.layer is not None and len(t.shape) >= 2
     ]
+    expert = re.compile(EXPERT_REGEX)
+    host_layers = any(
+        t.layer is not None and len(t.shape) >= 2 and not expert.search(t.name)
+        for t in cpu_weight_tensors
+    )
+    offload = bool(used_gpus) and bool(host_matrices) and n_ub >= OP_OFFLOAD_MIN_BATCH
+    gpu_layers = set(placement.layer_device.values()) | {placement.output_device}
     for index, gpu in enumerate(used_gpus):
-        size = _compute_bytes(arch, cfg, placement.output_device == gpu)
-        if index == 0 and op_offload:
-            # Large batches of host-resident weights are computed on the GPU: it copies one in.
-            size += max(op_offload)
-        compute[gpu] = size
+        # the first GPU takes the host layers' large batches over (op offload)
+        takes_over = index == 0 and offload
+        if gpu not in gpu_layers and not weights.get(gpu, 0) and not takes_over:
+            compute[gpu] = 0
+            continue
+        compute[gpu] = gpu_compute_bytes(
+            arch,
+            cfg,
+            output_here=placement.output_device == gpu,
+            host_weight=max(host_matrices) if takes_over else 0,
+            host_layers=host_layers,
+        )
     if used_gpus:
         compute[CPU] = 4 * n_ub * arch.n_embd * F32 + n_kv * n_ub * (F16 if cfg.flash_attn else F32)
+        if host_matrices and not offload:  # small batches: the host computes its own layers
+            compute[CPU] = max(
+                compute[CPU], _compute_bytes(arch, cfg, placement.output_device == CPU)
+            )
     else:
         compute[CPU] = _compute_bytes(arch, cfg, True)
-    work = cpu_work_bytes(arch, cfg) if kv.get(CPU, 0) else 0
+    # with op offload the GPU takes every batch of 32 rows or more: the CPU attends for less
+    rows = min(n_ub, OP_OFFLOAD_MIN_BATCH - 1) if offload else n_ub
+    work = cpu_work_bytes(arch, cfg, rows) if kv.get(CPU, 0) else 0
 
+    f16_copies = fa_f16_copy_bytes(arch, cfg) if used_gpus else 0
     devices: dict[str, DeviceMemory] = {}
     for gpu in used_gpus:
+        pool = f16_copies if cfg.fa_f16_pool and kv.get(gpu, 0) else 0
         devices[gpu] = DeviceMemory(
             weights=weights.get(gpu, 0),
             kv=kv.get(gpu, 0),
             compute=compute.get(gpu, 0),
-            overhead=cfg.cuda_context_mib * MIB,
+            overhead=cfg.cuda_context_mib * MIB + pool,
+        )
+    if f16_copies:
+        where = (
+            "the CUDA pool at run time (GPU overhead)"
+            if cfg.fa_f16_pool
+            else "the GPU compute buffer"
+        )
+        notes.append(
+            f"flash attention reads the {cfg.cache_type_k}/{cfg.cache_type_v} KV cache as F16: "
+            f"one layer's copy ({f16_copies / MIB:.0f} MiB) lives in {where}"
+        )
+    if used_gpus and not any(weights.get(g, 0) for g in used_gpus):
+        notes.append(
+            f"no weights on {used_gpus[0]}, yet a CUDA build opens it: a CUDA context"
+            + (" and a compute buffer for the batches it offloads" if offload else "")
         )
     prompt_cache = max(cfg.cache_ram_mib, 0) * MIB
     output_buffer = arch.vocab * F32 * max(cfg.parallel, 1)
@@ -369,4 +509,6 @@ def estimate_llama(
     }
     if work:
         facts["cpu_work_buffer"] = work
+    if f16_copies:
+        facts["fa_f16_copies"] = f16_copies
     return MemoryEstimate(devices, tuple(notes), facts)

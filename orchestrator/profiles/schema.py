@@ -190,15 +190,58 @@ class Architecture(Strict):
 # ---------------------------------------------------------------- model profile
 
 
+HF_REPO = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+HF_REVISION = r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"
+
+
 class ModelFile(Strict):
-    """The weights: a GGUF path (llama.cpp engines) or a Hugging Face repo (vLLM)."""
+    """The weights: a GGUF by path or in a Hugging Face cache, or (vLLM) a Hugging Face repo."""
 
     path: str = ""
-    repo: str = ""
+    hf_repo: str = ""
+    """``ORG/NAME`` on the Hugging Face Hub, found offline in the host's cache."""
+    hf_file: str = ""
+    """The GGUF inside ``hf_repo`` (a split's first part); not for vLLM, which loads the repo."""
+    revision: str = "main"
+    """Branch, tag or commit hash of ``hf_repo``."""
     quant: str
     mount_root: str = ""
-    """Podman: the host folder mounted at /models (default: the GGUF's folder)."""
+    """Podman, with ``path``: the host folder mounted at /models (default: the GGUF's folder).
+    With ``hf_repo`` orch mounts the repo's cache folder, so the snapshot's links resolve."""
     mount_options: str = "ro,Z"
+
+    @field_validator("hf_repo")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if value and (not re.fullmatch(HF_REPO, value) or ".." in value):
+            raise ValueError(f"{value!r} is not a Hugging Face repo id like ORG/NAME")
+        return value
+
+    @field_validator("hf_file")
+    @classmethod
+    def _repo_file(cls, value: str) -> str:
+        parts = value.split("/")
+        if value and (value.startswith("/") or any(p in ("", ".", "..") for p in parts)):
+            raise ValueError(f"{value!r} is not a file path inside the repo like DIR/NAME.gguf")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        if not re.fullmatch(HF_REVISION, value) or ".." in value:
+            raise ValueError(f"{value!r} is not a branch, tag or commit hash")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelFile:
+        if self.path and self.hf_repo:
+            raise ValueError("path: set path or hf_repo, not both")
+        if self.hf_file and not self.hf_repo:
+            raise ValueError("hf_file: needs hf_repo")
+        if self.mount_root and self.hf_repo:
+            raise ValueError("mount_root: orch mounts the hf_repo's cache folder itself")
+        return self
+
     tensor_types: dict[str, str] = Field(default_factory=dict)
     """Override the quant recipe per tensor kind, e.g. ``{ffn_exps = "iq4_nl"}``."""
 
@@ -356,7 +399,17 @@ class PodmanRuntime(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     init: bool = True
     network: str | None = None
+    hf_home: str = "/root/.cache/huggingface"
+    """vLLM: the container's HF_HOME; the host's Hugging Face hub cache is mounted at its
+    ``hub`` folder (vllm/vllm-openai reads ``/root/.cache/huggingface``)."""
     extra_args: tuple[str, ...] = ()
+
+    @field_validator("hf_home")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not re.fullmatch(r"/[^:,\s]*", value):
+            raise ValueError(f"{value!r} is not an absolute container path")
+        return value.rstrip("/") or "/"
 
     @field_validator("shm_size")
     @classmethod
@@ -446,11 +499,19 @@ class ModelProfile(Strict):
 
     @model_validator(mode="after")
     def _model_source(self) -> ModelProfile:
+        model = self.model
         if isinstance(self.engine, VllmEngine):
-            if not self.model.repo and not self.model.path:
-                raise ValueError("model: vllm needs model.repo or model.path")
-        elif not self.model.path:
-            raise ValueError("model.path: llama.cpp engines need a GGUF path")
-        elif not self.model.path.endswith(".gguf"):
-            raise ValueError(f"model.path: {self.model.path!r} is not a .gguf file")
+            if not model.hf_repo and not model.path:
+                raise ValueError("model: vllm needs model.hf_repo or model.path")
+            if model.hf_file:
+                raise ValueError("model.hf_file: vllm loads the whole hf_repo; remove hf_file")
+        elif model.hf_repo:
+            if not model.hf_file:
+                raise ValueError("model.hf_file: llama.cpp engines need the GGUF in hf_repo")
+            if not model.hf_file.endswith(".gguf"):
+                raise ValueError(f"model.hf_file: {model.hf_file!r} is not a .gguf file")
+        elif not model.path:
+            raise ValueError("model.path: llama.cpp engines need a GGUF path or model.hf_repo")
+        elif not model.path.endswith(".gguf"):
+            raise ValueError(f"model.path: {model.path!r} is not a .gguf file")
         return self

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-iquest-coder-40b-q5km-cpu \
   --label orch.profile=iquest-coder-40b-q5km-cpu \
-  --label orch.plan=ff87a35e50f941de \
+  --label orch.plan=6273e567decdcc0e \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \

@@ -5,11 +5,13 @@ numactl \
   -d \
   --name orch-llama4-scout-q6k-cpu \
   --label orch.profile=llama4-scout-q6k-cpu \
-  --label orch.plan=042a35157ad408eb \
+  --label orch.plan=bc7951c6b42b0523 \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \
   --cap-add=SYS_NICE \
+  --cap-add=IPC_LOCK \
+  --ulimit memlock=-1:-1 \
   -v /mnt/data/models:/models:ro,Z \
   compute.home.arpa/llamacpp-zen5 \
   --host 0.0.0.0 \

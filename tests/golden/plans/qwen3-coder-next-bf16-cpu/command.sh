@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-bf16-cpu \
   --label orch.profile=qwen3-coder-next-bf16-cpu \
-  --label orch.plan=326b77ec04e5462f \
+  --label orch.plan=8ac365cbfe922c7a \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \

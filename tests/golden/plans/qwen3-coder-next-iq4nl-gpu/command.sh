@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-gpu \
   --label orch.profile=qwen3-coder-next-iq4nl-gpu \
-  --label orch.plan=04406c00bfa49bd3 \
+  --label orch.plan=7ca80fed40c2a85e \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-hybrid \
   --label orch.profile=qwen3-coder-next-iq4nl-hybrid \
-  --label orch.plan=470539e783d0c44b \
+  --label orch.plan=48cd9bd8ba31c9fc \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \

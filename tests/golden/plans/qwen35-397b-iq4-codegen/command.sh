@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4-codegen \
   --label orch.profile=qwen35-397b-iq4-codegen \
-  --label orch.plan=016731f0cd5cfddf \
+  --label orch.plan=da70833d7a0d57cb \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \

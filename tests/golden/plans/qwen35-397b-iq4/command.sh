@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4 \
   --label orch.profile=qwen35-397b-iq4 \
-  --label orch.plan=34dbad6053e0225c \
+  --label orch.plan=7f9333fb607d46f8 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \

@@ -31,6 +31,7 @@ from orchestrator.sizing import (
     model_tensors,
     with_engine,
 )
+from orchestrator.speed import SpeedEstimate, predict_profile
 
 __all__ = [
     "DeviceBudget",
@@ -76,6 +77,8 @@ class Plan:
     suggestions: tuple[str, ...]
     placement: AutoPlacement | None = None
     """What ``placement = "auto"`` considered and chose (None for manual placement)."""
+    speed: SpeedEstimate | None = None
+    """Predicted decode and prefill speed (``orchestrator.speed``)."""
 
     @property
     def fits(self) -> bool:
@@ -111,6 +114,7 @@ class Plan:
             "warnings": list(self.warnings),
             "suggestions": list(self.suggestions),
             "placement": self.placement.to_json() if self.placement else None,
+            "speed": self.speed.to_json() if self.speed else None,
         }
 
 
@@ -370,6 +374,7 @@ def build_plan(
             process_env = {**runtime_env, "CUDA_VISIBLE_DEVICES": indices}
 
     memory, weights_source, model_bytes = estimate(resolved, header)
+    speed = predict_profile(resolved, model_tensors(resolved, header)[0])
     device_budgets = budgets(memory, resolved.hardware)
     if auto is not None and auto.chosen is None:
         device_budgets = _applied(auto).budget  # over budget once auto's GPU margin is kept
@@ -402,6 +407,7 @@ def build_plan(
         warnings=tuple(warnings),
         suggestions=tuple(suggestions),
         placement=auto,
+        speed=speed,
     )
 
 

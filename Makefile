@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory clean
+.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-speed clean
 
 setup: system venv llama-server demo-model image
 
@@ -67,6 +67,9 @@ bench-plan: venv
 
 bench-memory: venv
 	$(PY) benchmarks/bench_memory.py
+
+bench-speed: venv
+	$(PY) -m benchmarks.bench_speed
 
 clean:
 	rm -rf .venv .venv-vllm .mypy_cache .ruff_cache .pytest_cache

@@ -201,7 +201,10 @@ def llama_workload(
     devices: dict[str, DeviceWork] = {}
 
     def on(device: str) -> DeviceWork:
-        return devices.setdefault(device, DeviceWork())
+        work = devices.get(device)
+        if work is None:
+            work = devices[device] = DeviceWork()
+        return work
 
     expert_device: dict[int, str] = {}
     for tensor in tensors:

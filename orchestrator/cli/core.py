@@ -286,7 +286,7 @@ def _without_fit(args: list[str]) -> tuple[list[str], str]:
         out.append(args[i])
         i += 1
     note = f"--fit {seen}: estimated as written (--fit on may change -c / -ngl at load)"
-    return out, note if seen else ""
+    return out, note if seen and seen != "off" else ""
 
 
 def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:

@@ -218,7 +218,7 @@ def compute_nodes(binary: Path, model: Path) -> int:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     lines: list[str] = []
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # only against a hang: the loop waits for the log line
     try:
         for raw in proc.stdout:
             line = raw.decode(errors="replace")
@@ -226,8 +226,8 @@ def compute_nodes(binary: Path, model: Path) -> int:
             if "listening on" in line or time.monotonic() > deadline:
                 break
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)  # drain the pipe, or a verbose server blocks on write
+        proc.kill()  # our own child; nothing to shut down gracefully
+        proc.communicate(timeout=60)
     text = "".join(lines)
     # the last decode (n_tokens = 1) graph reserved before the server listens
     start = text.rindex("n_tokens =    1")

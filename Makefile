@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise bench-sched clean
+.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise bench-sched bench-speed clean
 
 setup: system venv llama-server demo-model image
 
@@ -75,6 +75,9 @@ bench-noise: venv
 # GPU compute buffers against llama.cpp's own planning (needs the llama-server build folder)
 bench-sched: venv llama-server
 	$(PY) -m benchmarks.sched_sim.compare --sweep
+
+bench-speed: venv
+	$(PY) -m benchmarks.bench_speed
 
 clean:
 	rm -rf .venv .venv-vllm .mypy_cache .ruff_cache .pytest_cache

@@ -9,10 +9,10 @@ Each strategy is searched for its best setting within the hardware budget:
 - every expert in host RAM (``--cpu-moe``), with as many layers on the GPU(s) as fit;
 - plain partial offload (``-ngl N``), and CPU only.
 
-Strategies are ranked by an estimate of decode speed: a token reads each weight it uses once
-(of an expert tensor, ``n_expert_used / n_expert``; of ``token_embd``, one row) at its device's
-read rate, plus a fixed cost per layer (hardware ``[decode]``). Attention and shared weights
-are read for every token, experts only in part, so the GPU bytes go to attention first.
+Strategies are ranked by the decode speed ``orchestrator.speed`` predicts for them (the bytes
+each device reads per token at its rate, graph nodes, splits between devices; hardware
+``[decode]``). Attention and shared weights are read for every token, experts only in part, so
+the GPU bytes go to attention first.
 A candidate fits only with ``budget.auto_margin_fraction`` of each GPU's budget left free. Pure.
 """
 
@@ -22,14 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.engines import build_number
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.llama import CPU, EXPERT_REGEX, estimate_llama, place
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import (
     AUTO_PLACED,
-    Architecture,
-    HardwareProfile,
     LlamaEngine,
     OverrideTensor,
 )
@@ -41,65 +40,9 @@ from orchestrator.sizing import (
     smallest,
     with_engine,
 )
+from orchestrator.speed import decode_seconds, llama_workload, run_for
 
 ALL_LAYERS = 999
-DEFAULT_GPU_GBS = 1000.0
-"""GPU read rate when the hardware profile gives no ``bandwidth_gbs``."""
-DEFAULT_HOST_GBS = 50.0
-"""Host read rate when the hardware profile gives neither ``decode`` nor memory bandwidth."""
-HOST_SHARE_OF_SPEC = 0.25
-"""Default effective host read rate while decoding, as a share of the spec bandwidth."""
-
-
-@dataclass(frozen=True)
-class DecodeRates:
-    """Read rates (bytes/s) per device and the fixed cost of each layer per token."""
-
-    host_bytes_s: float
-    gpu_bytes_s: Mapping[str, float]
-    layer_overhead_s: float
-
-    def of(self, device: str) -> float:
-        """The read rate of one device."""
-        if device == CPU:
-            return self.host_bytes_s
-        return self.gpu_bytes_s.get(device, DEFAULT_GPU_GBS * 1e9)
-
-
-def decode_rates(hardware: HardwareProfile) -> DecodeRates:
-    """Rates from the hardware profile, with the documented defaults."""
-    host_gbs = hardware.decode.host_read_gbs
-    if host_gbs is None:
-        spec = hardware.memory.bandwidth_gbs
-        host_gbs = spec * HOST_SHARE_OF_SPEC if spec else DEFAULT_HOST_GBS
-    gpus = {f"CUDA{g.index}": (g.bandwidth_gbs or DEFAULT_GPU_GBS) * 1e9 for g in hardware.gpus}
-    return DecodeRates(host_gbs * 1e9, gpus, hardware.decode.layer_overhead_us * 1e-6)
-
-
-def bytes_read_per_token(
-    arch: Architecture, tensors: Sequence[Tensor], tensor_device: Mapping[str, str]
-) -> dict[str, int]:
-    """Bytes one decoded token reads from each device's memory."""
-    share = arch.moe.n_expert_used / arch.moe.n_expert if arch.moe else 1.0
-    out: dict[str, int] = {}
-    for tensor in tensors:
-        kind = tensor.kind
-        if kind == "token_embd":
-            size = tensor.nbytes // max(arch.vocab, 1)
-        elif kind == "ffn_exps":
-            size = int(tensor.nbytes * share)
-        else:
-            size = tensor.nbytes
-        device = tensor_device[tensor.name]
-        out[device] = out.get(device, 0) + size
-    return out
-
-
-def decode_tokens_per_s(read: Mapping[str, int], n_layer: int, rates: DecodeRates) -> float:
-    """Estimated decode speed of one sequence, from the bytes each device reads per token."""
-    seconds = n_layer * rates.layer_overhead_s
-    seconds += sum(n / rates.of(device) for device, n in read.items())
-    return 1.0 / seconds if seconds > 0 else float("inf")
 
 
 @dataclass(frozen=True)
@@ -195,7 +138,7 @@ class _Search:
         self.arch = resolved.architecture
         self.hardware = resolved.hardware
         self.tensors = tensors
-        self.rates = decode_rates(self.hardware)
+        self.run = run_for(resolved)
 
     def memory(self, settings: Mapping[str, Any]) -> tuple[MemoryEstimate, Any]:
         cfg = llama_config_for(with_engine(self.base, **settings))
@@ -222,7 +165,12 @@ class _Search:
     def candidate(self, strategy: str, what: str, settings: Mapping[str, Any]) -> Candidate:
         memory, cfg = self.memory(settings)
         placed = place(self.tensors, self.arch.n_layer, cfg)
-        read = bytes_read_per_token(self.arch, self.tensors, placed.tensor_device)
+        engine = self.base.profile.engine
+        assert isinstance(engine, LlamaEngine)
+        work = llama_workload(
+            self.arch, self.tensors, placed, cfg, engine.kind, build_number(engine.version)
+        )
+        read = {device: int(sum(w.weights.values())) for device, w in work.devices.items()}
         return Candidate(
             strategy=strategy,
             what=what,
@@ -230,7 +178,7 @@ class _Search:
             flags=flags_text(settings),
             budget=self.with_margin(budgets(memory, self.hardware)),
             read=read,
-            tokens_per_s=decode_tokens_per_s(read, self.arch.n_layer, self.rates),
+            tokens_per_s=1.0 / decode_seconds(work, self.hardware, self.run, 0),
         )
 
     def layer_gpus(self) -> dict[int, str]:

@@ -33,6 +33,7 @@ from orchestrator.sizing import (
     stays_off_gpu,
     with_engine,
 )
+from orchestrator.speed import SpeedEstimate, predict_profile
 
 __all__ = [
     "DeviceBudget",
@@ -82,6 +83,8 @@ class Plan:
     """Where ``hf_repo`` resolved in the host's Hugging Face cache (None: not from a cache)."""
     model_file: str = ""
     """The GGUF on the host (a split's first part); "" for a vLLM repo."""
+    speed: SpeedEstimate | None = None
+    """Predicted decode and prefill speed (``orchestrator.speed``)."""
 
     @property
     def fits(self) -> bool:
@@ -119,6 +122,7 @@ class Plan:
             "placement": self.placement.to_json() if self.placement else None,
             "model_file": self.model_file,
             "hf": _weights_json(self.weights),
+            "speed": self.speed.to_json() if self.speed else None,
         }
 
 
@@ -477,6 +481,7 @@ def build_plan(
             process_env = {**process_env, "CUDA_VISIBLE_DEVICES": indices}
 
     memory, weights_source, model_bytes = estimate(resolved, header)
+    speed = predict_profile(resolved, model_tensors(resolved, header)[0])
     device_budgets = budgets(memory, resolved.hardware)
     if auto is not None and auto.chosen is None:
         device_budgets = _applied(auto).budget  # over budget once auto's GPU margin is kept
@@ -511,6 +516,7 @@ def build_plan(
         placement=auto,
         weights=weights,
         model_file=weights.path if weights is not None and weights.file else profile.model.path,
+        speed=speed,
     )
 
 

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy.typing as npt
 Arch = Literal["llama", "qwen3moe"]
 """Architectures the generator can write: a dense llama or a Qwen3 MoE."""
 
-WeightType = Literal["f16", "f32", "q8_0", "q4_0"]
+WeightType = Literal["f16", "f32", "bf16", "q8_0", "q4_0", "q6_k", "q5_k", "q4_k", "iq4_nl"]
 """Storage type of the 2-D (and 3-D expert) weight matrices."""
 
 CHATML_TEMPLATE = (
@@ -66,12 +67,31 @@ _Q8_0_BLOCK = 32
 _QUANTIZED = ("q8_0", "q4_0")
 _WEIGHT_STD = 0.02
 
-_FILE_TYPE: dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}
+_RANDOM_BLOCKS: dict[str, tuple[int, int, tuple[int, ...]]] = {
+    "q6_k": (256, 210, (208,)),
+    "q5_k": (256, 176, (0, 2)),
+    "q4_k": (256, 144, (0, 2)),
+    "iq4_nl": (32, 18, (0,)),
+}
+"""Types written as random blocks (gguf cannot quantize them): elements and bytes per block and
+the offsets of the block's fp16 scales (``ggml-common.h``), set to a small finite value so the
+weights stay bounded. For speed and memory measurements the values do not matter."""
+_BLOCK_SCALE = 0.001
+
+_FILE_TYPE: dict[str, int] = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k": 15, "q5_k": 17, "q6_k": 18,
+    "iq4_nl": 25, "bf16": 32,
+}  # fmt: skip
 """``general.file_type`` (llama.cpp's ``LLAMA_FTYPE_*``) per weight type."""
 
 _BYTES_PER_ELEMENT: dict[str, float] = {
     "f32": 4.0,
     "f16": 2.0,
+    "bf16": 2.0,
+    "q6_k": 210.0 / 256.0,
+    "q5_k": 176.0 / 256.0,
+    "q4_k": 144.0 / 256.0,
+    "iq4_nl": 18.0 / 32.0,
     "q8_0": 34.0 / 32.0,
     "q4_0": 18.0 / 32.0,
 }
@@ -145,21 +165,30 @@ class SyntheticSpec:
                 raise ValueError("n_expert_used must be in 1..n_expert")
         elif self.n_expert or self.n_expert_used or self.n_ff_exp:
             raise ValueError("a dense spec must have n_expert = n_expert_used = n_ff_exp = 0")
-        if self.weight_type in _QUANTIZED:
+        block = _block_elements(self.weight_type)
+        if block > 1:
             rows = (
                 self.n_embd,
                 self.n_head * self.head_dim,
                 self.n_ff_exp if self.is_moe else self.n_ff,
             )
-            if any(r % _Q8_0_BLOCK for r in rows):
+            if any(r % block for r in rows):
                 raise ValueError(
-                    f"{self.weight_type} needs row lengths that are multiples of {_Q8_0_BLOCK}"
+                    f"{self.weight_type} needs row lengths that are multiples of {block}"
                 )
 
     @property
     def is_moe(self) -> bool:
         """Whether the spec is a mixture-of-experts model."""
         return self.arch == "qwen3moe"
+
+
+def _block_elements(weight_type: str) -> int:
+    if weight_type in _QUANTIZED:
+        return _Q8_0_BLOCK
+    if weight_type in _RANDOM_BLOCKS:
+        return _RANDOM_BLOCKS[weight_type][0]
+    return 1
 
 
 @dataclass(frozen=True)
@@ -429,9 +458,24 @@ def _random_weights(
         return data
     if weight_type == "F16":
         return data.astype(np.float16)
+    if weight_type.lower() in _RANDOM_BLOCKS:
+        return _random_blocks(rng, shape, weight_type.lower())
     qtype = gguf.GGMLQuantizationType[weight_type]
     quantized: npt.NDArray[np.generic] = gguf.quants.quantize(data, qtype)
     return quantized
+
+
+def _random_blocks(
+    rng: np.random.Generator, shape: tuple[int, ...], weight_type: str
+) -> npt.NDArray[np.uint8]:
+    """Random quantized blocks with every fp16 scale set to ``_BLOCK_SCALE``."""
+    elements, size, scales = _RANDOM_BLOCKS[weight_type]
+    blocks = shape[-1] // elements
+    raw = rng.integers(0, 256, size=(*shape[:-1], blocks, size), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(_BLOCK_SCALE).tobytes(), dtype=np.uint8)
+    for offset in scales:
+        raw[..., offset : offset + 2] = scale
+    return raw.reshape(*shape[:-1], blocks * size)
 
 
 def write_gguf(
@@ -516,7 +560,7 @@ def write_gguf(
                 cache[key] = np.ones(np_shape, dtype=np.float32)
             else:
                 cache[key] = _random_weights(rng, np_shape, t.ggml_type)
-        quantized = t.ggml_type in ("Q8_0", "Q4_0")
+        quantized = t.ggml_type not in ("F32", "F16")
         raw_dtype = gguf.GGMLQuantizationType[t.ggml_type] if quantized else None
         writer.add_tensor(t.name, cache[key], raw_dtype=raw_dtype)
 
@@ -543,28 +587,29 @@ def write_gguf(
 
 
 def _write_sparse(writer: Any, spec: SyntheticSpec, tmp: Path, dest: Path) -> Path:
-    """The header of ``spec``'s GGUF, then a hole as long as its tensor data."""
+    """Header and tensor table, then a hole as long as the tensor data."""
     import gguf
 
-    data = 0
+    end = 0
     for t in tensor_specs(spec):
         np_shape = tuple(reversed(t.shape))
-        if t.ggml_type in ("Q8_0", "Q4_0"):
-            qtype = gguf.GGMLQuantizationType[t.ggml_type]
-            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            byte_shape = (*np_shape[:-1], np_shape[-1] // block * type_size)
-            writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, qtype)
-        else:
+        if t.ggml_type in ("F32", "F16"):
             dtype = np.dtype(np.float32 if t.ggml_type == "F32" else np.float16)
             writer.add_tensor_info(t.name, np_shape, dtype, t.nbytes)
-        data += gguf.GGUFWriter.ggml_pad(t.nbytes, writer.data_alignment)
+        else:
+            row_bytes = t.nbytes // max(int(np.prod(np_shape[:-1])), 1)
+            byte_shape = (*np_shape[:-1], row_bytes)
+            qtype = gguf.GGMLQuantizationType[t.ggml_type]
+            writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, qtype)
+        end += writer.ggml_pad(t.nbytes, writer.data_alignment)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
+        writer.flush()
+        start = writer.ggml_pad(tmp.stat().st_size, writer.data_alignment)
         writer.close()
-        os.truncate(tmp, start + data)
+        os.truncate(tmp, start + end)
         tmp.replace(dest)
     except BaseException:
         writer.close()
@@ -585,7 +630,7 @@ def _with_overrides(spec: SyntheticSpec, weight_type: str | None) -> SyntheticSp
     """
     if weight_type is None:
         return spec
-    types: dict[str, WeightType] = {"f16": "f16", "f32": "f32", "q8_0": "q8_0", "q4_0": "q4_0"}
+    types: dict[str, WeightType] = {t: t for t in typing.get_args(WeightType)}
     return dataclasses.replace(spec, weight_type=types[weight_type])
 
 

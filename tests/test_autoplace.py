@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from orchestrator.autoplace import (
-    ALL_LAYERS,
-    AutoPlacement,
-    Candidate,
-    DecodeRates,
-    _Search,
-    as_auto,
-    bytes_read_per_token,
-    decode_rates,
-    decode_tokens_per_s,
-)
+from orchestrator.autoplace import ALL_LAYERS, AutoPlacement, Candidate, _Search, as_auto
 from orchestrator.cli import main
 from orchestrator.errors import BudgetError
-from orchestrator.memory.calibration import h100_run, read_table
 from orchestrator.memory.llama import CPU, place
 from orchestrator.plan import Plan, build_plan, model_tensors, require_fit
 from orchestrator.profiles.loader import Catalog, ResolvedProfile
 from orchestrator.render import make_environment
 from orchestrator.sizing import llama_config_for
-from tests.conftest import PROFILES, REPO, TEMPLATES
-
-H100_TABLE = REPO / "benchmarks" / "data" / "h100-llama-server.csv"
-H100_BANDWIDTH = 3350e9
+from orchestrator.speed import llama_workload
+from tests.conftest import PROFILES, TEMPLATES
 
 
 def resolve(name: str, root: Path = PROFILES) -> ResolvedProfile:
@@ -174,53 +162,32 @@ def test_nothing_fits_says_what_would(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the speed model
 
 
-def test_seed_002_held_out_run() -> None:
-    """[decode] was fitted on seed 002 all-GPU and seed 003 --cpu-moe; this run was not used."""
-    resolved = resolve("qwen3-coder-next-iq4nl-hybrid")
-    tensors, _ = model_tensors(resolved, None)
-    placed = place(tensors, resolved.architecture.n_layer, llama_config_for(resolved))
-    read = bytes_read_per_token(resolved.architecture, tensors, placed.tensor_device)
-    predicted = decode_tokens_per_s(
-        read, resolved.architecture.n_layer, decode_rates(resolved.hardware)
-    )
-    assert abs(predicted / 58.94 - 1) <= 0.05, predicted
-
-
-def h100_read(row: dict[str, str]) -> tuple[int, dict[str, int]]:
-    arch, tensors, cfg = h100_run(row)
-    placed = place(tensors, arch.n_layer, cfg)
-    return arch.n_layer, bytes_read_per_token(arch, tensors, placed.tensor_device)
-
-
-def test_h100_runs_held_out() -> None:
-    """Fit the two factors on m01 (all GPU) and m08 (--cpu-moe); predict the other three."""
-    rows = {r["name"]: r for r in read_table(H100_TABLE)}
-    n, read = h100_read(rows["m01"])
-    overhead = (1 / float(rows["m01"]["tg_tps"]) - read.get("CUDA0", 0) / H100_BANDWIDTH) / n
-    n, read = h100_read(rows["m08"])
-    host_time = 1 / float(rows["m08"]["tg_tps"]) - n * overhead - read["CUDA0"] / H100_BANDWIDTH
-    rates = DecodeRates(read[CPU] / host_time, {"CUDA0": H100_BANDWIDTH}, overhead)
-    predicted = {}
-    for name in ("m13", "d01", "d04"):
-        n, read = h100_read(rows[name])
-        predicted[name] = decode_tokens_per_s(read, n, rates)
-        measured = float(rows[name]["tg_tps"])
-        assert abs(predicted[name] / measured - 1) <= 0.15, (name, predicted[name], measured)
-    # the ranking auto placement relies on: -ngl 12 decodes faster than --cpu-moe here
-    assert predicted["m13"] > float(rows["m08"]["tg_tps"])
+def test_candidates_are_ranked_by_the_speed_model() -> None:
+    """The chosen candidate's estimate is the plan's own decode prediction (orchestrator.speed)."""
+    for name in ("qwen35-397b-iq4-auto", "qwen35-397b-iq4-2gpu-auto"):
+        plan = plan_of(resolve(name))
+        assert plan.speed is not None
+        assert chosen(plan).tokens_per_s == pytest.approx(plan.speed.decode_tps, rel=1e-9)
 
 
 def test_experts_count_by_share_read() -> None:
     resolved = resolve("qwen35-397b-iq4")
     tensors, _ = model_tensors(resolved, None)
-    devices = dict.fromkeys((t.name for t in tensors), CPU)
-    read = bytes_read_per_token(resolved.architecture, tensors, devices)
+    cfg = llama_config_for(resolved)
+    everything_on_host = replace(
+        place(tensors, resolved.architecture.n_layer, cfg),
+        tensor_device=dict.fromkeys((t.name for t in tensors), CPU),
+    )
+    work = llama_workload(
+        resolved.architecture, tensors, everything_on_host, cfg, "ik_llama.cpp", None
+    )
+    read = sum(work.devices[CPU].weights.values())
     moe = resolved.architecture.moe
     assert moe is not None
     experts = sum(t.nbytes for t in tensors if t.kind == "ffn_exps")
     rest = sum(t.nbytes for t in tensors if t.kind not in ("ffn_exps", "token_embd"))
     expected = rest + experts * moe.n_expert_used / moe.n_expert
-    assert abs(read[CPU] - expected) <= len(tensors) + resolved.architecture.n_embd * 4
+    assert abs(read - expected) <= len(tensors) + resolved.architecture.n_embd * 4
 
 
 # ---------------------------------------------------------------- the CLI

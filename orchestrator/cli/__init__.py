@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"orch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     core.register(commands)
-    for module_name in ("lifecycle", "bench", "serve", "units"):
+    for module_name in ("lifecycle", "bench", "serve", "units", "calibrate"):
         try:
             module = __import__(f"orchestrator.cli.{module_name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -16,11 +16,18 @@ from orchestrator.autoplace import AutoPlacement, as_auto
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
 from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
-from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
+from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama, place
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
 from orchestrator.probe import probe_host
 from orchestrator.profiles.schema import VllmEngine
+from orchestrator.speed import (
+    SpeedEstimate,
+    engine_run,
+    llama_workload,
+    predict,
+    threads_from_args,
+)
 
 
 def register(commands: Any) -> None:
@@ -61,10 +68,11 @@ def register(commands: Any) -> None:
 
     p = commands.add_parser(
         "estimate",
-        help="memory a raw llama-server command line will use, per device",
+        help="memory and speed of a raw llama-server command line, per device",
         description=(
             "Read MODEL.gguf's header (no tensor data) and predict, per device, the memory the\n"
-            "llama-server arguments after -- will use: weights, KV cache, compute, overhead.\n"
+            "llama-server arguments after -- will use: weights, KV cache, compute, overhead;\n"
+            "with --hardware, also its decode and prefill speed on that machine.\n"
             "usage: orch estimate MODEL.gguf [--hardware NAME] [--json] -- LLAMA-SERVER-ARGS"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -133,6 +141,30 @@ def _memory_table(title: str, memory: MemoryEstimate, plan: Plan | None) -> Tabl
     return table
 
 
+def _speed_table(speed: SpeedEstimate) -> Table:
+    table = Table(title="speed (predicted)", title_justify="left")
+    for column in ("", "tok/s", "range", f"at {speed.ctx:,} ctx", "time per token"):
+        table.add_column(column, justify="left" if not column else "right")
+    parts = []
+    for device, spent in speed.breakdown.items():
+        ms = sum(spent.values()) * 1e3
+        if ms >= 0.05:
+            parts.append(f"{device} {ms:.1f} ms")
+    low, high = speed.decode_range
+    table.add_row(
+        "decode",
+        f"{speed.decode_tps:.1f}",
+        f"{low:.1f}-{high:.1f}",
+        f"{speed.decode_tps_at_ctx:.1f}",
+        ", ".join(parts),
+    )
+    low, high = speed.prefill_range
+    table.add_row(
+        "prefill", f"{speed.prefill_tps:.0f}", f"{low:.0f}-{high:.0f}", "", "2048-token prompt"
+    )
+    return table
+
+
 def _print_placement(console: Console, auto: AutoPlacement) -> None:
     console.print(
         "  placement auto: strategies considered (est. decode tok/s from the hardware's "
@@ -177,6 +209,10 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
     console.print(_memory_table("memory", plan.memory, plan))
     for note in plan.memory.notes:
         console.print(f"  note: {note}", markup=False)
+    if plan.speed is not None:
+        console.print(_speed_table(plan.speed))
+        for note in plan.speed.notes:
+            console.print(f"  note: {note}", markup=False)
     if plan.placement is not None:
         _print_placement(console, plan.placement)
     for warning in plan.warnings:
@@ -235,9 +271,30 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
 # ---------------------------------------------------------------- estimate
 
 
+def _without_fit(args: list[str]) -> tuple[list[str], str]:
+    """Drop llama-server's ``--fit on|off``: orch predicts the settings as written.
+
+    (``--fit on``, the default of newer builds, may lower ``-c`` or ``-ngl`` at load time to
+    fit the free memory; the estimate is for the command line as written.)
+    """
+    out: list[str] = []
+    seen = ""
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name in ("--fit", "-fit"):
+            seen = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if eq else 2
+            continue
+        out.append(args[i])
+        i += 1
+    note = f"--fit {seen}: estimated as written (--fit on may change -c / -ngl at load)"
+    return out, note if seen and seen != "off" else ""
+
+
 def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
-    """Predict a raw llama-server command line's memory."""
-    server_args: list[str] = list(args.passthrough)
+    """Predict a raw llama-server command line's memory (and, with --hardware, speed)."""
+    server_args, fit_note = _without_fit(list(args.passthrough))
     path: Path = args.model
     if not path.is_file():
         raise PreflightError(f"{path}: no such model file")
@@ -267,9 +324,29 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         # types into a second buffer on x86-64; the model applies it only without GPUs
         repack_types=REPACK_AVX2 if x86 else (),
     )
-    memory = estimate_llama(arch, list(header.tensors), cfg)
+    tensors = list(header.tensors)
+    memory = estimate_llama(arch, tensors, cfg)
+    speed = None
+    if hardware is not None:
+        threads, threads_batch = threads_from_args(server_args)
+        run = engine_run(
+            "llama.cpp",
+            "latest",
+            hardware,
+            threads=threads,
+            threads_batch=threads_batch,
+            batch=cfg.batch,
+            ubatch=cfg.ubatch,
+        )
+        placed = place(tensors, arch.n_layer, cfg)
+        work = llama_workload(arch, tensors, placed, cfg, "llama.cpp", None)
+        speed = predict(work, hardware, run, cfg.ctx or arch.ctx_train)
+    notes = [*memory.notes, *([fit_note] if fit_note else [])]
     if args.json:
-        console.print_json(json.dumps(memory.to_json()))
+        data = memory.to_json()
+        data["notes"] = notes
+        data["speed"] = speed.to_json() if speed else None
+        console.print_json(json.dumps(data))
         return 0
     console.print(
         f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
@@ -282,6 +359,10 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
     for b in plan_budget:
         if not b.fits:
             console.print(f"  {b.device}: over budget by {b.over_by / GIB:.2f} GiB", markup=False)
-    for note in memory.notes:
+    for note in notes:
         console.print(f"  note: {note}", markup=False)
+    if speed is not None:
+        console.print(_speed_table(speed))
+    else:
+        console.print("  note: pass --hardware for a speed estimate", markup=False)
     return 0

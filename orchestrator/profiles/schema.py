@@ -80,16 +80,71 @@ class Budget(Strict):
     model is within 2 % of measured allocations)."""
 
 
-class Decode(Strict):
-    """Factors of the decode-speed estimate that ranks placements (orchestrator.autoplace).
+ThreadRates = dict[str, dict[str, Annotated[float, Field(gt=0)]]]
+"""Per engine kind (``llama.cpp``, ``ik_llama.cpp``), a rate per ggml weight type."""
 
-    A token costs ``layer_overhead_us`` per layer plus the bytes it reads on each device at
-    that device's rate. Fit both from two measured runs on the machine (see the README).
+
+def _known_type_keys(value: ThreadRates) -> ThreadRates:
+    for engine, rates in value.items():
+        if engine not in ("llama.cpp", "ik_llama.cpp"):
+            raise ValueError(f"{engine!r} is not an engine (valid: llama.cpp, ik_llama.cpp)")
+        for type_name in rates:
+            if type_name.lower() not in GGML_TYPES:
+                raise ValueError(f"{engine}.{type_name}: unknown ggml type")
+    return {e: {t.lower(): r for t, r in rates.items()} for e, rates in value.items()}
+
+
+class Decode(Strict):
+    """Constants of the decode-speed model (``orchestrator.speed``).
+
+    One token costs, on each GPU, its bytes at ``gpu_read_efficiency`` x the GPU's bandwidth
+    plus ``gpu_node_us`` per graph node; on the host, its bytes at ``threads`` x the per-thread
+    rate of each weight type's kernel (``thread_gbs``, capped by ``host_read_efficiency`` x
+    ``memory.bandwidth_gbs``) plus ``cpu_node_us`` per graph node; and ``split_us`` per switch
+    between devices. ``orch calibrate`` measures them; the profile says where each came from.
     """
 
-    host_read_gbs: Annotated[float, Field(gt=0)] | None = None
-    """Effective host read rate while decoding. Default: 25 % of memory.bandwidth_gbs."""
-    layer_overhead_us: Annotated[float, Field(ge=0)] = 100.0
+    source: str = ""
+    """Where these constants come from (``orch calibrate`` writes its date and engine build)."""
+    gpu_read_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.75
+    gpu_node_us: Annotated[float, Field(ge=0)] = 1.5
+    split_us: Annotated[float, Field(ge=0)] = 10.0
+    link_gbs: Annotated[float, Field(gt=0)] = 25.0
+    """Host <-> GPU link (PCIe) for activations and, in prefill, host weights copied in."""
+    host_read_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.8
+    cpu_node_us: Annotated[float, Field(ge=0)] = 4.0
+    cpu_clock_ghz: Annotated[float, Field(gt=0)] = 3.0
+    thread_gbs: ThreadRates = Field(default_factory=dict)
+    """Bytes of weights one decode thread streams per second, by engine and weight type."""
+    default_thread_gbs: Annotated[float, Field(gt=0)] = 12.0
+    """For weight types ``thread_gbs`` does not list."""
+    thread_scale: Annotated[float, Field(gt=0)] = 1.0
+    """Factor on every per-thread rate: this machine's cores against the one the rates were
+    measured on (1 when ``orch calibrate`` ran on this machine)."""
+    error_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
+    """Half-width of the reported range: the largest held-out error seen in calibration."""
+
+    @field_validator("thread_gbs")
+    @classmethod
+    def _types(cls, value: ThreadRates) -> ThreadRates:
+        return _known_type_keys(value)
+
+
+class Prefill(Strict):
+    """Constants of the prefill-speed model: compute-bound, by ubatch."""
+
+    source: str = ""
+    gpu_tflops: Annotated[float, Field(ge=0)] = 0.0
+    """Dense FP16 tensor throughput of one GPU (spec sheet; 0: unknown)."""
+    gpu_flops_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.35
+    thread_gflops: ThreadRates = Field(default_factory=dict)
+    """Matrix FLOPs one prefill thread performs per second, by engine and weight type."""
+    default_thread_gflops: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("thread_gflops")
+    @classmethod
+    def _types(cls, value: ThreadRates) -> ThreadRates:
+        return _known_type_keys(value)
 
 
 class HardwareProfile(Strict):
@@ -102,6 +157,7 @@ class HardwareProfile(Strict):
     gpus: tuple[Gpu, ...] = ()
     budget: Budget = Budget()
     decode: Decode = Decode()
+    prefill: Prefill = Prefill()
 
     @model_validator(mode="after")
     def _unique_indices(self) -> HardwareProfile:

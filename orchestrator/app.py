@@ -8,13 +8,13 @@ from pathlib import Path
 
 import jinja2
 
+from orchestrator.engines import adapter_for
 from orchestrator.errors import PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.tensors import GgufHeader, read_gguf, split_paths
 from orchestrator.plan import Plan, build_plan
 from orchestrator.probe import HostState, missing_files, port_in_use
 from orchestrator.profiles.loader import Catalog, ResolvedProfile
-from orchestrator.profiles.schema import VllmEngine
 from orchestrator.render import make_environment
 from orchestrator.settings import Settings
 
@@ -68,7 +68,7 @@ class App:
     @staticmethod
     def header(resolved: ResolvedProfile) -> GgufHeader | None:
         """The GGUF header if every split file exists, else None."""
-        if isinstance(resolved.profile.engine, VllmEngine) or not resolved.profile.model.path:
+        if not adapter_for(resolved.profile.engine).reads_gguf or not resolved.profile.model.path:
             return None
         first = model_path(resolved)
         files = split_paths(first)
@@ -94,7 +94,7 @@ def live_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> lis
 
 def file_problems(resolved: ResolvedProfile) -> list[str]:
     """Model files the profile names that are missing."""
-    if isinstance(resolved.profile.engine, VllmEngine):
+    if not adapter_for(resolved.profile.engine).reads_gguf:
         return []
     files = split_paths(model_path(resolved))
     return [

@@ -14,20 +14,18 @@ import jinja2
 
 from orchestrator.autoplace import AutoPlacement, Candidate
 from orchestrator.autoplace import choose as choose_placement
-from orchestrator.engines import engine_caps, known_flags
+from orchestrator.engines import EngineAdapter, adapter_for
 from orchestrator.errors import BudgetError, ProfileError
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
+from orchestrator.profiles.schema import ModelProfile, PodmanRuntime
 from orchestrator.render import display, redact, render_argv
 from orchestrator.sizing import (
     DeviceBudget,
     budgets,
     estimate,
     gpus_for,
-    largest,
-    llama_config,
     model_tensors,
     with_engine,
 )
@@ -39,7 +37,6 @@ __all__ = [
     "build_plan",
     "estimate",
     "gpus_for",
-    "llama_config",
     "model_tensors",
     "require_fit",
 ]
@@ -115,57 +112,11 @@ class Plan:
 
 
 def _fits(resolved: ResolvedProfile, header: GgufHeader | None) -> bool:
-    engine = resolved.profile.engine
-    if isinstance(engine, LlamaEngine) and engine.placement == "auto":
+    """Whether this variant of a profile fits its hardware (as orch would place it)."""
+    if adapter_for(resolved.profile.engine).auto_placed(resolved.profile.engine):
         return choose_placement(resolved, model_tensors(resolved, header)[0]).chosen is not None
     memory, _, _ = estimate(resolved, header)
     return all(b.fits for b in budgets(memory, resolved.hardware))
-
-
-def largest_fitting_ctx(resolved: ResolvedProfile, header: GgufHeader | None) -> int | None:
-    """The largest ctx (a multiple of 256) that fits with every other setting unchanged."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
-    steps = largest(
-        1, engine.ctx // 256, lambda n: _fits(with_engine(resolved, ctx=n * 256), header)
-    )
-    return steps * 256 if steps else None
-
-
-def suggest_llama(resolved: ResolvedProfile, header: GgufHeader | None) -> list[str]:
-    """Changes that would make an over-budget llama.cpp plan fit."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
-    auto = engine.placement == "auto"
-    out: list[str] = []
-    ctx = largest_fitting_ctx(resolved, header)
-    if ctx:
-        how = "with the placement orch chooses" if auto else "as configured"
-        out.append(f"engine.ctx = {ctx} (the largest context that fits {how})")
-    moe = resolved.architecture.moe is not None
-    if moe and not auto and not engine.cpu_moe:
-        if _fits(with_engine(resolved, cpu_moe=True, n_cpu_moe=None), header):
-            out.append("engine.cpu_moe = true (experts in host RAM, attention on the GPU)")
-    if engine.cache_type_k == "f16" and _fits(
-        with_engine(resolved, cache_type_k="q8_0", cache_type_v="q8_0"), header
-    ):
-        out.append('engine.cache_type_k = engine.cache_type_v = "q8_0" (halves the KV cache)')
-    return out
-
-
-def suggest_vllm(resolved: ResolvedProfile, memory: MemoryEstimate) -> list[str]:
-    """Changes that would let vLLM's KV pool hold ``max_model_len``."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, VllmEngine)
-    capacity = int(memory.facts.get("kv_pool_tokens", 0))
-    if capacity >= engine.max_model_len:
-        return []
-    out = [f"engine.max_model_len = {capacity} (what the KV pool holds)"] if capacity else []
-    if not engine.kv_cache_dtype.startswith("fp8"):
-        out.append(f'engine.kv_cache_dtype = "fp8" (holds about {2 * capacity:,} tokens)')
-    if engine.tensor_parallel_size == 1 and len(resolved.hardware.gpus) >= 2:
-        out.append("engine.tensor_parallel_size = 2 (weights and KV split over two GPUs)")
-    return out
 
 
 # ---------------------------------------------------------------- rendering
@@ -206,8 +157,11 @@ def _plan_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _check_extra_args(resolved: ResolvedProfile, extra: Sequence[str], kind: str) -> None:
-    known = known_flags(kind)
+def _check_extra_args(
+    resolved: ResolvedProfile, extra: Sequence[str], adapter: EngineAdapter
+) -> None:
+    known = adapter.catalogue.spellings
+    kind = adapter.kind
     problems = []
     for i, arg in enumerate(extra):
         name = arg.split("=", 1)[0]
@@ -234,10 +188,10 @@ def build_plan(
     """Decide everything about one launch. Raises ProfileError / TemplateError on bad input."""
     auto: AutoPlacement | None = None
     requested = resolved
-    if isinstance(resolved.profile.engine, LlamaEngine):
-        if resolved.profile.engine.placement == "auto":
-            auto = choose_placement(resolved, model_tensors(resolved, header)[0])
-            resolved = with_engine(resolved, **_applied(auto).settings)
+    adapter = adapter_for(resolved.profile.engine)
+    if adapter.auto_placed(resolved.profile.engine):
+        auto = choose_placement(resolved, model_tensors(resolved, header)[0])
+        resolved = with_engine(resolved, **_applied(auto).settings)
     profile = resolved.profile
     engine = profile.engine
     runtime = profile.runtime
@@ -249,10 +203,18 @@ def build_plan(
     secret_env: list[str] = []
     api_key_file = ""
     api_key_mount = ""
-    key_env_name = "VLLM_API_KEY" if isinstance(engine, VllmEngine) else "LLAMA_API_KEY"
-    vllm_key_file = isinstance(engine, VllmEngine) and profile.secrets.api_key_file
-    if profile.secrets.api_key_env or vllm_key_file:
-        secret_env.append(key_env_name)  # vLLM has no key-file flag: orch reads the file
+    key_variable = adapter.api_key_variable
+    if profile.secrets.api_key_env and key_variable is None:
+        raise ProfileError(
+            resolved.source,
+            [
+                f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
+                "server would start without authentication; use secrets.api_key_file"
+            ],
+        )
+    key_file_by_variable = profile.secrets.api_key_file and not adapter.api_key_file_flag
+    if key_variable and (profile.secrets.api_key_env or key_file_by_variable):
+        secret_env.append(key_variable)  # no key-file flag: orch reads the file
     elif profile.secrets.api_key_file:
         if is_podman:
             api_key_file = CONTAINER_SECRET
@@ -260,7 +222,7 @@ def build_plan(
         else:
             api_key_file = profile.secrets.api_key_file
 
-    if isinstance(runtime, PodmanRuntime) and isinstance(engine, LlamaEngine):
+    if isinstance(runtime, PodmanRuntime) and adapter.reads_gguf:
         mount_source, model_path = _container_model_path(profile)
         model_mount = f"{mount_source}:{CONTAINER_MODELS}:{profile.model.mount_options}"
         bind_host, bind_port = "0.0.0.0", runtime.container_port
@@ -273,58 +235,23 @@ def build_plan(
         else:
             bind_host, bind_port = host, port
 
-    if isinstance(engine, LlamaEngine):
-        caps = engine_caps(engine.kind, engine.version)
-        if engine.grouped_expert_routing and not caps.grouped_expert_routing:
-            raise ProfileError(
-                resolved.source,
-                [
-                    "engine.grouped_expert_routing: -ger is ik_llama.cpp only "
-                    f"(engine is {engine.kind})"
-                ],
-            )
-        if profile.secrets.api_key_env and not caps.api_key_env:
-            raise ProfileError(
-                resolved.source,
-                [
-                    f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
-                    "server would start without authentication; use secrets.api_key_file"
-                ],
-            )
-        if engine.cache_ram_mib is not None and not caps.cache_ram:
-            raise ProfileError(
-                resolved.source,
-                [f"engine.cache_ram_mib: --cache-ram is not in {engine.kind} {engine.version}"],
-            )
-        _check_extra_args(resolved, engine.extra_args, engine.kind)
-        template = "engines/llama-server.j2"
-        ot = ",".join(f"{r.pattern}={r.device}" for r in engine.override_tensors)
-    else:
-        caps = engine_caps("vllm", engine.version)
-        _check_extra_args(resolved, engine.extra_args, "vllm")
-        template = "engines/vllm.j2"
-        ot = ""
-        if is_podman:
-            warnings.append("vLLM in podman: the image must provide `vllm` as its entrypoint")
+    problems = adapter.settings_problems(engine)
+    if problems:
+        raise ProfileError(resolved.source, problems)
+    _check_extra_args(resolved, engine.extra_args, adapter)
     # profile.gpus restricts the engine itself, not only orch's budget
     allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
     devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
-    if devices and is_podman and isinstance(engine, VllmEngine):
-        warnings.append(
-            "gpus: vLLM in podman uses every GPU in runtime.devices; list only "
-            f"{devices} there (e.g. nvidia.com/gpu={devices.removeprefix('CUDA')})"
-        )
+    warnings.extend(adapter.plan_warnings(profile, devices=devices, podman=is_podman))
     engine_ctx = {
+        **adapter.template_context(engine),
         "devices": devices,
-        "e": engine,
-        "caps": caps,
         "bind_host": bind_host,
         "bind_port": bind_port,
         "model_path": model_path,
-        "override_tensors": ot,
         "api_key_file": api_key_file,
     }
-    engine_rendered = render_argv(env, template, engine_ctx)
+    engine_rendered = render_argv(env, adapter.template, engine_ctx)
 
     runtime_env = dict(runtime.env)
     hash_parts = {
@@ -364,20 +291,19 @@ def build_plan(
                 "engine_args": engine_rendered.argv,
             },
         )
-        process_env = runtime_env
-        if isinstance(engine, VllmEngine) and devices:
-            indices = ",".join(name.removeprefix("CUDA") for name in allowed)
-            process_env = {**runtime_env, "CUDA_VISIBLE_DEVICES": indices}
+        indices = [int(name.removeprefix("CUDA")) for name in allowed] if devices else []
+        process_env = adapter.process_env(runtime_env, indices)
 
     memory, weights_source, model_bytes = estimate(resolved, header)
     device_budgets = budgets(memory, resolved.hardware)
     if auto is not None and auto.chosen is None:
         device_budgets = _applied(auto).budget  # over budget once auto's GPU margin is kept
-    suggestions: list[str] = []
-    if isinstance(engine, VllmEngine):
-        suggestions = suggest_vllm(resolved, memory)
-    elif not all(b.fits for b in device_budgets):
-        suggestions = suggest_llama(requested, header)
+    suggestions = adapter.suggestions(
+        requested,  # auto placement: search the settings the profile asked for
+        memory,
+        over_budget=not all(b.fits for b in device_budgets),
+        fits=lambda variant: _fits(variant, header),
+    )
 
     timeout = profile.health.timeout_s or round(120 + model_bytes / READ_BANDWIDTH_BYTES_S, 0)
     return Plan(
@@ -437,12 +363,7 @@ def require_fit(plan: Plan) -> None:
                 f"(over by {b.over_by / GIB:.2f} GiB)"
             )
     engine = plan.profile.engine
-    if isinstance(engine, VllmEngine):
-        capacity = int(plan.memory.facts.get("kv_pool_tokens", 0))
-        if capacity < engine.max_model_len:
-            lines.append(
-                f"vLLM KV pool holds {capacity:,} tokens < max_model_len {engine.max_model_len:,}"
-            )
+    lines.extend(adapter_for(engine).capacity_problems(engine, plan.memory))
     if not lines:
         return
     text = f"{plan.source}: does not fit {plan.hardware_name}:\n  " + "\n  ".join(lines)

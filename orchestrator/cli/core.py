@@ -13,14 +13,14 @@ from rich.table import Table
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
+from orchestrator.engines import LlamaCppAdapter, adapter_for
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
-from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
+from orchestrator.memory.gguf_arch import architecture_from_gguf
 from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
 from orchestrator.probe import probe_host
-from orchestrator.profiles.schema import VllmEngine
 
 
 def register(commands: Any) -> None:
@@ -200,7 +200,7 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     for name in names:
         resolved = app.resolve(name, args.hardware)
         if args.placement == "auto":
-            if isinstance(resolved.profile.engine, VllmEngine):
+            if not adapter_for(resolved.profile.engine).places_layers:
                 Console(stderr=True).print(
                     f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
                     "by tensor_parallel_size, so this plan is unchanged",
@@ -254,7 +254,7 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         context_mib = hardware.budget.cuda_context_mib
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    cfg = parse_llama_args(
+    cfg = LlamaCppAdapter().parse_args(
         server_args,
         gpus=gpus,
         gpu_vram_mib=vram,

@@ -21,8 +21,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.engines import LlamaCppAdapter
 from orchestrator.memory.breakdown import MIB
-from orchestrator.memory.gguf_arch import parse_llama_args
 from orchestrator.memory.llama import REPACK_AVX2, LlamaConfig, estimate_llama
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.schema import Architecture, Moe
@@ -107,7 +107,7 @@ def h100_run(row: dict[str, str]) -> tuple[Architecture, list[Tensor], LlamaConf
     spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
     arch = synthetic_architecture(spec)
     args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
-    cfg = parse_llama_args(
+    cfg = LlamaCppAdapter().parse_args(
         args,
         gpus=("CUDA0",),
         gpu_vram_mib=(H100_VRAM_MIB,),
@@ -154,7 +154,7 @@ def compare_cpu(table: Path) -> list[Comparison]:
     for row in read_table(table):
         spec = CPU_MODELS[row["model"]]
         arch = synthetic_architecture(spec)
-        cfg = parse_llama_args(
+        cfg = LlamaCppAdapter().parse_args(
             shlex.split(row["args"]),
             gpus=(),
             gpu_vram_mib=(),

@@ -1,0 +1,68 @@
+"""One adapter per engine: everything that differs between llama.cpp, ik_llama.cpp and vLLM.
+
+``adapter_for(profile.engine)`` (or ``adapter_for_kind("vllm")``) returns the engine's adapter:
+its template, flag catalogue, API-key handling, readiness, warm-up measure, argument parser
+and memory estimator. Code outside this package asks the adapter instead of branching on the
+engine's type.
+"""
+
+from __future__ import annotations
+
+from orchestrator.engines.base import (
+    ArgsError,
+    EngineAdapter,
+    EngineCaps,
+    EngineSettings,
+    build_number,
+)
+from orchestrator.engines.llama_cpp import (
+    LOAD_MODE_SINCE_BUILD,
+    IkLlamaCppAdapter,
+    LlamaCppAdapter,
+    LlamaServerAdapter,
+    canonical_flag,
+)
+from orchestrator.engines.vllm import VllmAdapter
+
+__all__ = [
+    "ADAPTERS",
+    "LOAD_MODE_SINCE_BUILD",
+    "ArgsError",
+    "EngineAdapter",
+    "EngineCaps",
+    "EngineSettings",
+    "IkLlamaCppAdapter",
+    "LlamaCppAdapter",
+    "LlamaServerAdapter",
+    "VllmAdapter",
+    "adapter_for",
+    "adapter_for_kind",
+    "build_number",
+    "canonical_flag",
+    "llama_adapter",
+]
+
+ADAPTERS: dict[str, EngineAdapter] = {
+    adapter.kind: adapter for adapter in (LlamaCppAdapter(), IkLlamaCppAdapter(), VllmAdapter())
+}
+
+
+def adapter_for_kind(kind: str) -> EngineAdapter:
+    """The adapter of ``engine.kind`` ``kind``."""
+    try:
+        return ADAPTERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown engine {kind!r} (valid: {', '.join(ADAPTERS)})") from None
+
+
+def adapter_for(engine: EngineSettings) -> EngineAdapter:
+    """The adapter of a profile's ``[engine]``."""
+    return adapter_for_kind(engine.kind)
+
+
+def llama_adapter(engine: EngineSettings) -> LlamaServerAdapter:
+    """The adapter of a llama-server engine (placement and argv parsing are theirs alone)."""
+    adapter = adapter_for(engine)
+    if not isinstance(adapter, LlamaServerAdapter):
+        raise TypeError(f"{engine.kind} is not a llama-server engine")
+    return adapter

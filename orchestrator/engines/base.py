@@ -1,0 +1,149 @@
+"""The interface every engine adapter implements, and the capabilities it reports by name."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from orchestrator.errors import OrchError
+from orchestrator.flagcatalogue import FlagCatalogue, load_catalogue
+from orchestrator.memory.breakdown import MemoryEstimate
+from orchestrator.memory.tensors import Tensor
+from orchestrator.profiles.loader import ResolvedProfile
+from orchestrator.profiles.schema import (
+    LlamaEngine,
+    ModelProfile,
+    VllmEngine,
+)
+
+EngineSettings = LlamaEngine | VllmEngine
+"""A profile's ``[engine]`` table, whichever engine it names."""
+
+Fits = Callable[[ResolvedProfile], bool]
+"""Whether a variant of a profile fits its hardware (the planner supplies it)."""
+
+
+class ArgsError(OrchError):
+    """An engine argument orch cannot interpret."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineCaps:
+    """What one engine at one version does, where orch has to choose."""
+
+    load_mode_flag: bool = False
+    """``--load-mode`` (upstream since b10114); otherwise ``--no-mmap`` / ``--mlock``."""
+    grouped_expert_routing: bool = False
+    """ik_llama.cpp's ``-ger``."""
+    cache_ram: bool = False
+    """``--cache-ram`` (the server's prompt cache in RAM)."""
+    default_cache_ram_mib: int = 0
+    default_parallel: int = 1
+    """Slots when ``-np`` is not given."""
+    ngl_counts_output: bool = False
+    """Upstream: ``-ngl N`` = output layer + last N-1 blocks. ik_llama.cpp: the last N blocks."""
+    n_cpu_moe_from_end: bool = False
+    """ik_llama.cpp's ``--n-cpu-moe N`` takes the last N MoE layers, upstream blocks 0..N-1."""
+    n_cpu_moe_multi_gpu: bool = False
+    """orch models how ``--n-cpu-moe`` shares N out over several GPUs."""
+    repacks_cpu_weights: bool = False
+    """A CPU-only build repacks some weight types into a second host buffer."""
+
+
+def build_number(version: str) -> int | None:
+    """``b6123`` or ``6123`` → 6123; ``latest`` → None (newest known behaviour)."""
+    match = re.fullmatch(r"b?(\d+)", version.strip())
+    return int(match.group(1)) if match else None
+
+
+class EngineAdapter(ABC):
+    """Everything that differs between engines, behind one interface.
+
+    Class attributes name the engine's fixed traits; methods take the profile's settings.
+    """
+
+    kind: ClassVar[str]
+    """``engine.kind`` in a profile, and the name of its flag catalogue."""
+    label: ClassVar[str]
+    """The engine's name in messages."""
+    template: ClassVar[str]
+    """The Jinja template (under ``templates/``) rendering the engine's arguments."""
+    api_key_variable: ClassVar[str | None]
+    """The environment variable the server reads its API key from (None: it reads none)."""
+    api_key_file_flag: ClassVar[bool]
+    """The server takes ``--api-key-file``; otherwise orch reads the file into the variable."""
+    key_file_comments_are_keys: ClassVar[bool] = False
+    """The server takes ``#`` lines of a key file as keys too (orch refuses such files)."""
+    reads_gguf: ClassVar[bool]
+    """The model is a GGUF file orch reads and mounts; otherwise a repo the engine fetches."""
+    reports_timings: ClassVar[bool]
+    """Replies carry the engine's own ``timings``; otherwise orch times a streamed reply."""
+    places_layers: ClassVar[bool]
+    """Placement is per layer and tensor (``-ngl``, ``-ot``), so ``placement = "auto"`` applies."""
+    help_lists_flags: ClassVar[bool]
+    """``BINARY --help`` is cheap and lists the flags, so ``orch up`` checks them against it."""
+
+    @property
+    def catalogue(self) -> FlagCatalogue:
+        """Every flag the engine's server accepts, in alias groups."""
+        return load_catalogue(self.kind)
+
+    @abstractmethod
+    def caps(self, version: str) -> EngineCaps:
+        """Capabilities of the engine at ``version`` (``latest`` or a build number)."""
+
+    def settings_problems(self, engine: EngineSettings) -> list[str]:
+        """Settings of the profile the engine cannot honour, as ``key: message`` lines."""
+        return []
+
+    def template_context(self, engine: EngineSettings) -> dict[str, Any]:
+        """Variables the template needs beyond the plan's (``e`` and ``caps`` at least)."""
+        return {"e": engine, "caps": self.caps(engine.version)}
+
+    @abstractmethod
+    def model_name(self, profile: ModelProfile, name: str) -> str:
+        """The ``model`` field orch's requests send."""
+
+    def served_name(self, profile: ModelProfile, name: str) -> str | None:
+        """A name ``/v1/models`` must list before the engine counts as ready (None: any)."""
+        return None
+
+    def auto_placed(self, engine: EngineSettings) -> bool:
+        """Whether orch chooses the placement (``placement = "auto"``)."""
+        return False
+
+    @abstractmethod
+    def estimate(
+        self,
+        resolved: ResolvedProfile,
+        tensors: Sequence[Tensor],
+        gpus: Sequence[tuple[str, int]],
+    ) -> MemoryEstimate:
+        """Memory per device of the profile on ``gpus`` (``(name, vram_mib)``)."""
+
+    def capacity_problems(self, engine: EngineSettings, memory: MemoryEstimate) -> list[str]:
+        """Why the plan cannot serve what it promises even when every device fits."""
+        return []
+
+    def suggestions(
+        self, resolved: ResolvedProfile, memory: MemoryEstimate, *, over_budget: bool, fits: Fits
+    ) -> list[str]:
+        """Setting changes that would make the plan fit or serve what it promises."""
+        return []
+
+    def plan_warnings(self, profile: ModelProfile, *, devices: str, podman: bool) -> list[str]:
+        """Warnings ``plan`` shows for this profile (``devices``: the GPUs it is limited to)."""
+        return []
+
+    def process_env(self, env: Mapping[str, str], gpu_indices: Sequence[int]) -> dict[str, str]:
+        """The environment of a process run, restricted to ``gpu_indices`` when given."""
+        return dict(env)
+
+    def locks_memory(self, engine: EngineSettings) -> bool:
+        """Whether the engine locks its weights in RAM (the host must allow it)."""
+        return False

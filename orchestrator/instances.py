@@ -265,7 +265,7 @@ def preflight(
             except PreflightError as exc:
                 problems.append(f"cannot list the flags of image {image}: {exc}")
                 supported, cached = frozenset(plan.engine_flags), True
-            unknown = [f for f in plan.engine_flags if f not in supported]
+            unknown = adapter.unconfirmed_flags(plan.engine_flags, supported)
             if unknown:
                 problems.append(
                     f"image {image} ({' '.join(info.entrypoint)}) does not support "
@@ -283,7 +283,7 @@ def preflight(
             problems.append(f"engine binary {engine.binary!r} not found (engine.binary)")
         elif adapter.help_lists_flags:
             supported = supported_flags(binary)
-            unknown = [f for f in plan.engine_flags if f not in supported]
+            unknown = adapter.unconfirmed_flags(plan.engine_flags, supported)
             if unknown:
                 problems.append(
                     f"{binary} does not support {', '.join(unknown)} (per its --help); "

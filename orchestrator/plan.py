@@ -251,7 +251,9 @@ def build_plan(
         "model_path": model_path,
         "api_key_file": api_key_file,
     }
-    engine_rendered = render_argv(env, adapter.template, engine_ctx)
+    engine_rendered = render_argv(
+        env, adapter.template, engine_ctx, spelling=adapter.catalogue.canonical
+    )
 
     runtime_env = dict(runtime.env)
     hash_parts = {

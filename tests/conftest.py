@@ -67,6 +67,28 @@ def llama_server_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ik_llama() -> Path:
+    """The ik_llama.cpp CPU build: a folder with llama-server, llama-quantize, gguf-py, src/."""
+    env = os.environ.get("ORCH_TEST_IK_LLAMA")
+    if env:
+        folder = Path(env)
+    else:
+        done = subprocess.run(
+            [str(REPO / "scripts" / "build-ik-llama.sh")], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                "scripts/build-ik-llama.sh failed (it builds ik_llama.cpp from PyPI's "
+                f"ik-llama-cpp-python, ~12 min on 2 cores):\n{done.stderr[-2000:]}"
+            )
+        folder = Path(done.stdout.strip().splitlines()[-1])
+    for tool in ("llama-server", "llama-quantize"):
+        if not os.access(folder / tool, os.X_OK):
+            pytest.fail(f"no ik_llama.cpp {tool} in {folder} (run scripts/build-ik-llama.sh)")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from orchestrator.synthetic import SPECS, write_gguf
 

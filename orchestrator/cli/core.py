@@ -13,7 +13,7 @@ from rich.table import Table
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
-from orchestrator.engines import LlamaCppAdapter, adapter_for
+from orchestrator.engines import LLAMA_SERVERS, adapter_for
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
 from orchestrator.memory.gguf_arch import architecture_from_gguf
@@ -65,7 +65,9 @@ def register(commands: Any) -> None:
         description=(
             "Read MODEL.gguf's header (no tensor data) and predict, per device, the memory the\n"
             "llama-server arguments after -- will use: weights, KV cache, compute, overhead.\n"
-            "usage: orch estimate MODEL.gguf [--hardware NAME] [--json] -- LLAMA-SERVER-ARGS"
+            "Every flag llama-server takes is accepted, in any of its spellings.\n"
+            "usage: orch estimate MODEL.gguf [--hardware NAME] [--engine ENGINE] [--json] "
+            "-- LLAMA-SERVER-ARGS"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  orch estimate model.gguf --hardware epyc9175f-rtxpro6000 -- "
@@ -73,6 +75,12 @@ def register(commands: Any) -> None:
     )
     p.add_argument("model", type=Path, metavar="MODEL.gguf")
     p.add_argument("--hardware", help="hardware profile giving the GPUs (default: CPU only)")
+    p.add_argument(
+        "--engine",
+        choices=sorted(LLAMA_SERVERS),
+        default="llama.cpp",
+        help="whose llama-server the arguments are for (its flags, its placement rules)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_estimate)
 
@@ -254,7 +262,7 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         context_mib = hardware.budget.cuda_context_mib
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    cfg = LlamaCppAdapter().parse_args(
+    cfg = LLAMA_SERVERS[args.engine].parse_args(
         server_args,
         gpus=gpus,
         gpu_vram_mib=vram,

@@ -20,12 +20,12 @@ from orchestrator.engines.llama_cpp import (
     IkLlamaCppAdapter,
     LlamaCppAdapter,
     LlamaServerAdapter,
-    canonical_flag,
 )
 from orchestrator.engines.vllm import VllmAdapter
 
 __all__ = [
     "ADAPTERS",
+    "LLAMA_SERVERS",
     "LOAD_MODE_SINCE_BUILD",
     "ArgsError",
     "EngineAdapter",
@@ -38,13 +38,14 @@ __all__ = [
     "adapter_for",
     "adapter_for_kind",
     "build_number",
-    "canonical_flag",
     "llama_adapter",
 ]
 
-ADAPTERS: dict[str, EngineAdapter] = {
-    adapter.kind: adapter for adapter in (LlamaCppAdapter(), IkLlamaCppAdapter(), VllmAdapter())
+LLAMA_SERVERS: dict[str, LlamaServerAdapter] = {
+    adapter.kind: adapter for adapter in (LlamaCppAdapter(), IkLlamaCppAdapter())
 }
+"""The engines whose server is a llama-server (``orch estimate --engine``)."""
+ADAPTERS: dict[str, EngineAdapter] = {**LLAMA_SERVERS, "vllm": VllmAdapter()}
 
 
 def adapter_for_kind(kind: str) -> EngineAdapter:

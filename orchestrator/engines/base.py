@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -92,6 +92,24 @@ class EngineAdapter(ABC):
     def catalogue(self) -> FlagCatalogue:
         """Every flag the engine's server accepts, in alias groups."""
         return load_catalogue(self.kind)
+
+    def unconfirmed_flags(self, flags: Iterable[str], help_spellings: Collection[str]) -> list[str]:
+        """The flags of ``flags`` that a build's ``--help`` (its ``help_spellings``) refutes.
+
+        A flag counts as confirmed when the help lists any of its alias spellings, or when
+        the catalogue marks it hidden: the engine's parser takes it though its ``--help``
+        never lists it, so the help's silence proves nothing (should an engine build lack
+        it after all, the engine's own "unknown argument" exit reports it).
+        """
+        out = []
+        for name in flags:
+            flag = self.catalogue.get(name)
+            if flag is not None and flag.hidden:
+                continue
+            spellings = flag.spellings if flag is not None else (name,)
+            if not any(s in help_spellings for s in spellings):
+                out.append(name)
+        return out
 
     @abstractmethod
     def caps(self, version: str) -> EngineCaps:

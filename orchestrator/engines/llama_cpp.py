@@ -31,77 +31,6 @@ from orchestrator.search import largest, with_engine
 LOAD_MODE_SINCE_BUILD = 10114
 """First upstream build with ``--load-mode`` (PR #20834); older builds take ``--mlock``."""
 
-# llama-server flag aliases: canonical (long) spelling first.
-LLAMA_ALIASES: dict[str, tuple[str, ...]] = {
-    "--ctx-size": ("-c",),
-    "--batch-size": ("-b",),
-    "--ubatch-size": ("-ub",),
-    "--threads": ("-t",),
-    "--threads-batch": ("-tb",),
-    "--n-gpu-layers": ("-ngl", "--gpu-layers"),
-    "--override-tensor": ("-ot",),
-    "--cpu-moe": ("-cmoe",),
-    "--n-cpu-moe": ("-ncmoe",),
-    "--cache-type-k": ("-ctk",),
-    "--cache-type-v": ("-ctv",),
-    "--flash-attn": ("-fa",),
-    "--parallel": ("-np",),
-    "--model": ("-m",),
-    "--tensor-split": ("-ts",),
-    "--split-mode": ("-sm",),
-    "--main-gpu": ("-mg",),
-    "--device": ("-dev",),
-    "--kv-unified": ("-kvu",),
-    "--cache-ram": ("-cram",),
-    "--load-mode": ("-lm",),
-    "--no-repack": ("-nr",),
-    "--temp": ("--temperature",),
-    "--seed": ("-s",),
-    "--alias": ("-a",),
-    "--grouped-expert-routing": ("-ger",),
-}
-
-CANONICAL: dict[str, str] = {
-    alias: canonical for canonical, aliases in LLAMA_ALIASES.items() for alias in aliases
-}
-
-
-def canonical_flag(flag: str) -> str:
-    """The long spelling of a llama-server flag (unknown flags are returned unchanged)."""
-    return CANONICAL.get(flag, flag)
-
-
-_BOOL_FLAGS = {
-    "--cpu-moe",
-    "--kv-unified",
-    "--no-mmap",
-    "--mlock",
-    "--jinja",
-    "--metrics",
-    "--no-kv-unified",
-    "--grouped-expert-routing",
-    "--no-warmup",
-    "--verbose",
-    "--no-webui",
-    "--slots",
-    "--no-slots",
-    "--cont-batching",
-    "--no-cont-batching",
-    "--embedding",
-    "--reranking",
-    "--no-perf",
-    "--swa-full",
-    "--no-op-offload",
-    "--check-tensors",
-    "--mmap",
-    "--no-kv-offload",
-    "-nkvo",
-    "--repack",
-    "--no-repack",
-    "-nr",
-    "--no-host",
-}
-
 
 def llama_settings(engine: EngineSettings) -> LlamaEngine:
     """``engine`` as llama-server settings (a vLLM profile here is a bug in orch)."""
@@ -251,59 +180,77 @@ class LlamaServerAdapter(EngineAdapter):
     ) -> LlamaConfig:
         """Interpret the memory-relevant flags of a llama-server command line.
 
-        ``repack_types``: the weight types this host's CPU backend repacks (``REPACK_AVX2`` on
-        x86-64); ``--no-repack`` turns repacking off.
+        Every flag of the engine's catalogue is taken, in any of its spellings, with as many
+        values as the catalogue says it takes (``--flag=value`` works too). ``repack_types``:
+        the weight types this host's CPU backend repacks (``REPACK_AVX2`` on x86-64);
+        ``--no-repack`` turns repacking off.
         """
-        known = self.catalogue.spellings
+        catalogue = self.catalogue
+        caps = self.caps("latest")
         values: dict[str, str] = {}
-        flags: set[str] = set()
+        switches: set[str] = set()
         overrides: list[tuple[str, str]] = []
+
+        def key(spelling: str) -> str:
+            return catalogue.canonical(spelling)
+
         i = 0
         while i < len(args):
             raw = args[i]
             name, eq, inline = raw.partition("=")
             if not name.startswith("-"):
                 raise ArgsError(f"unexpected argument {raw!r} (llama-server takes no positionals)")
-            flag = canonical_flag(name)
-            if name not in known and flag not in known and name not in _BOOL_FLAGS:
-                raise ArgsError(f"{name} is not a llama-server flag")
-            if flag in _BOOL_FLAGS or name in _BOOL_FLAGS:
-                flags.add(flag)
-                if flag == "--cpu-moe":
+            if name.startswith("--"):
+                name = name.replace("_", "-")  # both engines read --ctx_size as --ctx-size
+            flag = catalogue.get(name)
+            if flag is None:
+                raise ArgsError(f"{name} is not a {self.label} llama-server flag")
+            count = len(flag.values)
+            if count == 0:
+                if eq:
+                    raise ArgsError(f"{name} takes no value")
+                switches.add(flag.canonical)
+                if flag.canonical == key("--cpu-moe"):
                     overrides.append((EXPERT_REGEX, CPU))
                 i += 1
                 continue
-            if eq:
-                value = inline
-                i += 1
-            else:
-                if i + 1 >= len(args):
-                    raise ArgsError(f"{name} needs a value")
-                value = args[i + 1]
-                i += 2
-            if flag == "--override-tensor":
+            taken = [inline] if eq else []
+            need = count - len(taken)
+            if i + 1 + need > len(args):
+                raise ArgsError(f"{name} needs {count} value(s)")
+            taken += args[i + 1 : i + 1 + need]
+            i += 1 + need
+            value = taken[0]
+            if flag.canonical == key("--override-tensor"):
                 for rule in value.split(","):
                     pattern, sep, device = rule.partition("=")
                     if not sep:
-                        raise ArgsError(f"--override-tensor {rule!r}: expected PATTERN=DEVICE")
+                        raise ArgsError(f"{name} {rule!r}: expected PATTERN=DEVICE")
                     overrides.append((pattern, device))
-            elif flag == "--n-cpu-moe":
-                overrides.extend(n_cpu_moe_rules(int(value), moe_layers))
-            values[flag] = value
-
-        def number(flag: str, default: int) -> int:
-            try:
-                return int(values.get(flag, default))
-            except ValueError:
-                raise ArgsError(f"{flag}: expected an integer, got {values[flag]!r}") from None
-
-        for flag in ("--cache-type-k", "--cache-type-v"):
-            if flag in values and values[flag] not in KV_CACHE_TYPES:
-                raise ArgsError(
-                    f"{flag}: {values[flag]!r} is not one of {', '.join(KV_CACHE_TYPES)}"
+            elif flag.canonical == key("--n-cpu-moe"):
+                overrides.extend(
+                    n_cpu_moe_rules(_integer(name, value), moe_layers, caps.n_cpu_moe_from_end)
                 )
-        ngl_raw = values.get("--n-gpu-layers", "-1")
-        ngl = -1 if ngl_raw in ("all", "auto", "-1") else int(ngl_raw)
+            values[flag.canonical] = value
+
+        def given(spelling: str) -> str | None:
+            return values.get(key(spelling))
+
+        def number(spelling: str, default: int) -> int:
+            value = given(spelling)
+            return default if value is None else _integer(spelling, value)
+
+        def switched(spelling: str) -> bool:
+            return key(spelling) in switches
+
+        for spelling in ("--cache-type-k", "--cache-type-v"):
+            kv_type = given(spelling)
+            if kv_type is not None and kv_type not in KV_CACHE_TYPES:
+                raise ArgsError(
+                    f"{spelling}: {kv_type!r} is not one of {', '.join(KV_CACHE_TYPES)}"
+                )
+        ngl_raw = given("--n-gpu-layers") or "-1"
+        ngl = -1 if ngl_raw in ("all", "auto", "-1") else _integer("--n-gpu-layers", ngl_raw)
         # --load-mode mlock reads into locked host buffers without mmap (llama_model_loader's
         # use_mmap is true only for auto, mmap and mmap+mlock); orch's "mlock" is mmap+mlock.
         load_mode = {
@@ -311,23 +258,21 @@ class LlamaServerAdapter(EngineAdapter):
             "dio": "no-mmap",
             "mlock": "no-mmap",
             "mmap+mlock": "mlock",
-        }.get(values.get("--load-mode", ""), "mmap")
-        if "--no-mmap" in flags:
+        }.get(given("--load-mode") or "", "mmap")
+        if switched("--no-mmap"):
             load_mode = "no-mmap"
-        if "--mlock" in flags:
+        if switched("--mlock"):
             load_mode = "mlock"
-        split = (
-            tuple(float(x) for x in values["--tensor-split"].split(","))
-            if ("--tensor-split" in values)
-            else ()
-        )
-        # -np auto (the default): 4 slots sharing one unified KV stream; -np N, one stream each.
-        parallel_raw = values.get("--parallel", "-1")
+        split_raw = given("--tensor-split")
+        split = tuple(float(x) for x in split_raw.split(",")) if split_raw else ()
+        # -np auto (the default): upstream's 4 slots share one unified KV stream; -np N, one
+        # stream each.
+        parallel_raw = given("--parallel") or "-1"
         auto_parallel = parallel_raw in ("-1", "auto")
-        kv_unified = auto_parallel or "--kv-unified" in flags
-        if "--no-kv-unified" in flags:
+        kv_unified = auto_parallel or switched("--kv-unified")
+        if switched("--no-kv-unified"):
             kv_unified = False
-        if "--no-repack" in flags or "-nr" in flags:
+        if switched("--no-repack"):
             repack_types = ()
         return LlamaConfig(
             ctx=number("--ctx-size", 0),
@@ -335,20 +280,28 @@ class LlamaServerAdapter(EngineAdapter):
             batch=number("--batch-size", 2048),
             gpu_layers=ngl,
             overrides=tuple(overrides),
-            cache_type_k=values.get("--cache-type-k", "f16"),
-            cache_type_v=values.get("--cache-type-v", "f16"),
-            flash_attn=values.get("--flash-attn", "auto") != "off",
+            cache_type_k=given("--cache-type-k") or "f16",
+            cache_type_v=given("--cache-type-v") or "f16",
+            flash_attn=(given("--flash-attn") or "auto") not in ("off", "0"),
             load_mode=load_mode,
-            parallel=4 if auto_parallel else max(number("--parallel", 4), 1),
+            parallel=(caps.default_parallel if auto_parallel else max(number("--parallel", 1), 1)),
             tensor_split=split,
-            cache_ram_mib=number("--cache-ram", 8192),
+            cache_ram_mib=number("--cache-ram", caps.default_cache_ram_mib),
             gpus=gpus,
             gpu_vram_mib=gpu_vram_mib,
             cuda_context_mib=cuda_context_mib,
-            split_mode=values.get("--split-mode", "layer"),
+            split_mode=given("--split-mode") or "layer",
+            ngl_counts_output=caps.ngl_counts_output,
             kv_unified=kv_unified,
-            repack_types=repack_types,
+            repack_types=repack_types if caps.repacks_cpu_weights else (),
         )
+
+
+def _integer(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ArgsError(f"{flag}: expected an integer, got {value!r}") from None
 
 
 class LlamaCppAdapter(LlamaServerAdapter):

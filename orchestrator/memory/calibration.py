@@ -106,9 +106,8 @@ def h100_run(row: dict[str, str]) -> tuple[Architecture, list[Tensor], LlamaConf
     """The model and the memory model's configuration of one row of an H100 table."""
     spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
     arch = synthetic_architecture(spec)
-    args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
     cfg = LlamaCppAdapter().parse_args(
-        args,
+        shlex.split(row["args"]),  # --fit off is a flag like any other
         gpus=("CUDA0",),
         gpu_vram_mib=(H100_VRAM_MIB,),
         cuda_context_mib=590,

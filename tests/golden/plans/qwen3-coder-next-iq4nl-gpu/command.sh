@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-gpu \
   --label orch.profile=qwen3-coder-next-iq4nl-gpu \
-  --label orch.plan=04406c00bfa49bd3 \
+  --label orch.plan=81610afba9aea029 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -19,7 +19,7 @@ podman run \
   --threads-batch 23 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 99 \
+  --gpu-layers 99 \
   --flash-attn on \
   --no-mmap \
   --metrics

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4-auto \
   --label orch.profile=qwen35-397b-iq4-auto \
-  --label orch.plan=298e3152a717de17 \
+  --label orch.plan=1380d44ce419f910 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8002:8080 \
@@ -19,7 +19,7 @@ podman run \
   --threads-batch 24 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 999 \
+  --gpu-layers 999 \
   --n-cpu-moe 37 \
   --flash-attn on \
   --no-mmap \

@@ -11,6 +11,7 @@ import jinja2
 from orchestrator.engines import adapter_for
 from orchestrator.errors import PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB
+from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import GgufHeader, read_gguf, split_paths
 from orchestrator.plan import Plan, build_plan
 from orchestrator.probe import HostState, missing_files, port_in_use
@@ -76,9 +77,10 @@ class App:
             return None
         try:
             return read_gguf(first)
-        except (ValueError, OSError) as exc:
+        except (GgufError, OSError) as exc:
+            where = exc.path if isinstance(exc, GgufError) else first
             raise PreflightError(
-                f"{first} is not a readable GGUF file ({exc}); re-download it or fix model.path"
+                f"{where} is not a readable GGUF file ({exc}); re-download it or fix model.path"
             ) from None
 
 

@@ -332,6 +332,23 @@ CPU_BENCH_MOE = SyntheticSpec(
 )
 """The ``moe`` model of the CPU matrix: 32 experts, 4 used, Q8_0 (427 M params, ~433 MiB)."""
 
+IK_MOE = SyntheticSpec(
+    name="synthetic-ik-qwen3moe",
+    arch="qwen3moe",
+    n_embd=512,
+    n_layer=4,
+    n_head=8,
+    n_head_kv=2,
+    head_dim=64,
+    n_ff=1024,
+    n_expert=16,
+    n_expert_used=4,
+    n_ff_exp=256,
+    ctx_train=32768,
+)
+"""A Qwen3 MoE (16 experts, 4 used; ~56 MiB in F16) whose every matrix row is a multiple of
+256 wide, so ik_llama.cpp's ``llama-quantize`` can write IQ4_KSS everywhere asked."""
+
 SPECS: dict[str, SyntheticSpec] = {
     "tiny-dense": TINY_DENSE,
     "tiny-moe": TINY_MOE,
@@ -340,6 +357,7 @@ SPECS: dict[str, SyntheticSpec] = {
     "cpu-dense": CPU_BENCH_DENSE,
     "cpu-dense-q4_0": CPU_BENCH_DENSE_Q4,
     "cpu-moe": CPU_BENCH_MOE,
+    "ik-moe": IK_MOE,
 }
 """Named specs, as accepted by the command line's ``--spec``."""
 

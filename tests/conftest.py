@@ -88,6 +88,59 @@ def ik_llama() -> Path:
     return folder
 
 
+IK_RECIPES: dict[str, list[str]] = {
+    # seed 003's IQ4_KSS mix: experts IQ4_KSS, attention Q8_0, embeddings IQ4_K, the rest IQ4_KS
+    "iq4_kss-mix": [
+        "--custom-q",
+        r"ffn_.*_exps=iq4_kss,attn_output=iq4_ks,attn_[qkv]\.=q8_0",
+        "--token-embedding-type",
+        "iq4_k",
+        "--output-tensor-type",
+        "q8_0",
+        "IQ4_KS",
+    ],
+    "iq3_ks": ["IQ3_KS"],  # 2 bytes of scale per row
+}
+
+
+@pytest.fixture(scope="session")
+def ik_ggufs(ik_llama: Path) -> dict[str, Path]:
+    """The ik-moe synthetic model quantized by ik's own llama-quantize, one file per recipe.
+
+    Kept under ~/.cache/orch/test-models/ (keyed by the ik build and the spec), since quantizing
+    takes tens of seconds on 2 cores.
+    """
+    import hashlib
+
+    from orchestrator.synthetic import SPECS, write_gguf
+
+    spec = SPECS["ik-moe"]
+    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:10]
+    folder = Path.home() / ".cache" / "orch" / "test-models" / f"{ik_llama.name}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    f16 = folder / "ik-moe-f16.gguf"
+    if not f16.exists():
+        write_gguf(spec, f16)
+    out = {}
+    for name, recipe in IK_RECIPES.items():
+        path = folder / f"ik-moe-{name}.gguf"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.tmp")
+            *options, ftype = recipe
+            done = subprocess.run(
+                [str(ik_llama / "llama-quantize"), *options, str(f16), str(tmp), ftype, "2"],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                pytest.fail(
+                    f"ik llama-quantize {name} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                )
+            tmp.replace(path)
+        out[name] = path
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from orchestrator.synthetic import SPECS, write_gguf

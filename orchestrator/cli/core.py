@@ -17,6 +17,7 @@ from orchestrator.engines import LLAMA_SERVERS, adapter_for
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
 from orchestrator.memory.gguf_arch import architecture_from_gguf
+from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
@@ -248,9 +249,14 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         raise PreflightError(f"{path}: no such model file")
     try:
         header = read_gguf(path)
-    except (ValueError, OSError) as exc:
+    except GgufError as exc:
+        raise PreflightError(f"{exc.path}: not a readable GGUF file ({exc})") from None
+    except OSError as exc:
         raise PreflightError(f"{path}: not a readable GGUF file ({exc})") from None
-    arch = architecture_from_gguf(header)
+    try:
+        arch = architecture_from_gguf(header)
+    except GgufError as exc:
+        raise PreflightError(f"{exc.path}: cannot size this model: {exc}") from None
     gpus: tuple[str, ...] = ()
     vram: tuple[int, ...] = ()
     context_mib = 590

@@ -5,9 +5,9 @@
 - upstream llama.cpp: its ``--help`` lists every flag its parser takes, one entry per flag
   (``-kvu, --kv-unified, -no-kvu, --no-kv-unified``: the switch, then its negation);
 - ik_llama.cpp: its parser is ``gpt_params_find_arg`` in ``common/common.cpp`` (one
-  ``if (arg == "-c" || arg == "--ctx-size")`` per flag, one ``CHECK_ARG`` per value), and its
-  ``--help`` leaves some of those out (the GPU options in a CPU build, ``-ot``); the help and
-  the option list in the same source give the documented spellings;
+  ``if (arg == "-c" || arg == "--ctx-size")`` per flag, one ``CHECK_ARG`` or ``argv[++i]``
+  per value), and its ``--help`` leaves some of those out (the GPU options in a CPU build,
+  ``-ot``); the help and the option list in the same source give the documented spellings;
 - vLLM: the actions of its ``vllm serve`` argument parser.
 
 The canonical spelling of a flag is the first long one its help entry lists (else its first).
@@ -188,7 +188,9 @@ def ik_parser_flags(source: str) -> list[ParsedFlag]:
     for match in _IF_ARG.finditer(body):
         spellings = tuple(re.findall(r'arg == "([^"]+)"', match.group(1)))
         block = _block(body, match.end() - 1)
-        out.append(ParsedFlag(spellings, block.count("CHECK_ARG")))
+        # a value is taken by CHECK_ARG, by argv[++i] or by an `if (++i >= argc)` check
+        taken = block.count("CHECK_ARG") + len(re.findall(r"argv\[\+\+i\]|\+\+i >= argc", block))
+        out.append(ParsedFlag(spellings, taken))
     return out
 
 

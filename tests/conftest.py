@@ -88,21 +88,6 @@ def ik_llama() -> Path:
     return folder
 
 
-IK_RECIPES: dict[str, list[str]] = {
-    # seed 003's IQ4_KSS mix: experts IQ4_KSS, attention Q8_0, embeddings IQ4_K, the rest IQ4_KS
-    "iq4_kss-mix": [
-        "--custom-q",
-        r"ffn_.*_exps=iq4_kss,attn_output=iq4_ks,attn_[qkv]\.=q8_0",
-        "--token-embedding-type",
-        "iq4_k",
-        "--output-tensor-type",
-        "q8_0",
-        "IQ4_KS",
-    ],
-    "iq3_ks": ["IQ3_KS"],  # 2 bytes of scale per row
-}
-
-
 @pytest.fixture(scope="session")
 def ik_ggufs(ik_llama: Path) -> dict[str, Path]:
     """The ik-moe synthetic model quantized by ik's own llama-quantize, one file per recipe.
@@ -110,35 +95,54 @@ def ik_ggufs(ik_llama: Path) -> dict[str, Path]:
     Kept under ~/.cache/orch/test-models/ (keyed by the ik build and the spec), since quantizing
     takes tens of seconds on 2 cores.
     """
-    import hashlib
+    from orchestrator.synthetic import IK_RECIPES, SPECS, quantize_ik, write_gguf
 
-    from orchestrator.synthetic import SPECS, write_gguf
-
-    spec = SPECS["ik-moe"]
-    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:10]
-    folder = Path.home() / ".cache" / "orch" / "test-models" / f"{ik_llama.name}-{key}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ik_model_folder(ik_llama)
     f16 = folder / "ik-moe-f16.gguf"
     if not f16.exists():
-        write_gguf(spec, f16)
+        write_gguf(SPECS["ik-moe"], f16)
     out = {}
-    for name, recipe in IK_RECIPES.items():
-        path = folder / f"ik-moe-{name}.gguf"
+    for recipe in IK_RECIPES:
+        path = folder / f"ik-moe-{recipe}.gguf"
         if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp")
-            *options, ftype = recipe
-            done = subprocess.run(
-                [str(ik_llama / "llama-quantize"), *options, str(f16), str(tmp), ftype, "2"],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                pytest.fail(
-                    f"ik llama-quantize {name} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-                )
-            tmp.replace(path)
-        out[name] = path
+            try:
+                quantize_ik(ik_llama / "llama-quantize", f16, path, recipe)
+            except RuntimeError as exc:
+                pytest.fail(str(exc))
+        out[recipe] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def ik_podman_image(ik_llama: Path) -> str:
+    """A local podman image of ik's llama-server (scripts/build-image.sh; seconds, cached)."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (apt-get install -y podman runc)")
+    image = f"localhost/orch-ik-llama-server:{ik_llama.name.rsplit('-', 1)[0]}"
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    done = subprocess.run(
+        [str(REPO / "scripts" / "build-image.sh"), image, str(ik_llama / "llama-server")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-image.sh (ik) failed:\n{done.stderr[-2000:]}")
+    return image
+
+
+def ik_model_folder(ik_llama: Path) -> Path:
+    """Where quantized test models of this ik build and the ik-moe spec are kept."""
+    import hashlib
+
+    from orchestrator.synthetic import IK_RECIPES, SPECS, vocab
+
+    spec = SPECS["ik-moe"]
+    made_of = (spec, IK_RECIPES, vocab(spec.n_vocab, spec.byte_tokens))
+    key = hashlib.sha256(repr(made_of).encode()).hexdigest()[:10]
+    folder = Path.home() / ".cache" / "orch" / "test-models" / f"ik-{ik_llama.name}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

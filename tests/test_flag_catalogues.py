@@ -387,7 +387,7 @@ def test_ik_help_check_refuses_no_ik_profile_flag(ik_llama: Path, name: str) -> 
 
 
 @pytest.mark.parametrize("name", IK_PROFILES)
-def test_ik_parser_takes_every_ik_profile_flag(ik_llama: Path, name: str) -> None:
+def test_ik_parser_takes_every_ik_profile_flag(ik_llama: Path, name: str, tmp_path: Path) -> None:
     """ik's own parser reads the whole argv; only loading the (absent) model fails.
 
     -ot values name CUDA devices this CPU build lacks (it refuses them as values, after
@@ -398,7 +398,11 @@ def test_ik_parser_takes_every_ik_profile_flag(ik_llama: Path, name: str) -> Non
     argv[argv.index("--model") + 1] = "/nonexistent/orch-test.gguf"
     argv[argv.index("--port") + 1] = "1"  # never bound: the model load fails first
     done = subprocess.run(
-        [str(ik_llama / "llama-server"), *argv], capture_output=True, text=True, timeout=120
+        [str(ik_llama / "llama-server"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # ik writes llama.log into its working directory
     )
     output = done.stdout + done.stderr
     assert "unknown argument" not in output and "invalid parameter" not in output, output[-2000:]

@@ -53,6 +53,18 @@ class EngineCaps:
     """orch models how ``--n-cpu-moe`` shares N out over several GPUs."""
     repacks_cpu_weights: bool = False
     """A CPU-only build repacks some weight types into a second host buffer."""
+    kv_stream_per_slot: bool = False
+    """``-np N`` without ``-kvu`` gives each slot its own KV stream (upstream); otherwise the
+    slots share one cache of ``ctx`` cells (ik_llama.cpp)."""
+    graph_residuals: int = 4
+    """n_embd-wide activations the compute graph keeps beside its largest phase."""
+    fused_moe: bool = False
+    """Fused MoE up/gate (ik_llama.cpp's ``-fmoe``, on by default)."""
+    cpu_process_base_mib: int = 24
+    """RSS of a CPU-only server beyond its weight, KV, compute and output buffers."""
+    kqv_work_buffer: bool = True
+    """Without flash attention the CPU backend converts the KQ scores for ``V x KQ`` in a work
+    buffer (ik_llama.cpp's iqk_mul_mat_4d multiplies F16 by F32 directly: none)."""
 
 
 def build_number(version: str) -> int | None:

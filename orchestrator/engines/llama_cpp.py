@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from orchestrator.engines.base import (
     ArgsError,
@@ -123,10 +123,21 @@ class LlamaServerAdapter(EngineAdapter):
             split_mode=e.split_mode or "layer",
             ngl_counts_output=caps.ngl_counts_output,
             # -np unset is llama-server's auto: 4 slots sharing one unified KV stream
-            kv_unified=e.kv_unified or e.parallel is None,
+            kv_unified=e.kv_unified or e.parallel is None or not caps.kv_stream_per_slot,
             # the CPU backend repacks some types when no GPU takes the host weights
             repack_types=REPACK_AVX2 if caps.repacks_cpu_weights and not gpus else (),
+            **self._graph(caps),
         )
+
+    @staticmethod
+    def _graph(caps: EngineCaps) -> dict[str, Any]:
+        """The memory model's knobs for this engine's compute graph and process."""
+        return {
+            "residuals": caps.graph_residuals,
+            "fused_moe": caps.fused_moe,
+            "cpu_base_mib": caps.cpu_process_base_mib,
+            "kqv_work": caps.kqv_work_buffer,
+        }
 
     def config_for(self, resolved: ResolvedProfile, gpus: Sequence[tuple[str, int]]) -> LlamaConfig:
         """:meth:`memory_config` of a resolved profile."""
@@ -269,9 +280,12 @@ class LlamaServerAdapter(EngineAdapter):
         # stream each.
         parallel_raw = given("--parallel") or "-1"
         auto_parallel = parallel_raw in ("-1", "auto")
-        kv_unified = auto_parallel or switched("--kv-unified")
+        kv_unified = auto_parallel or switched("--kv-unified") or not caps.kv_stream_per_slot
         if switched("--no-kv-unified"):
             kv_unified = False
+        flash = (given("--flash-attn") or "auto") not in ("off", "0")
+        if switched("--no-flash-attn"):  # ik_llama.cpp's -no-fa
+            flash = False
         if switched("--no-repack"):
             repack_types = ()
         return LlamaConfig(
@@ -282,7 +296,7 @@ class LlamaServerAdapter(EngineAdapter):
             overrides=tuple(overrides),
             cache_type_k=given("--cache-type-k") or "f16",
             cache_type_v=given("--cache-type-v") or "f16",
-            flash_attn=(given("--flash-attn") or "auto") not in ("off", "0"),
+            flash_attn=flash,
             load_mode=load_mode,
             parallel=(caps.default_parallel if auto_parallel else max(number("--parallel", 1), 1)),
             tensor_split=split,
@@ -294,6 +308,7 @@ class LlamaServerAdapter(EngineAdapter):
             ngl_counts_output=caps.ngl_counts_output,
             kv_unified=kv_unified,
             repack_types=repack_types if caps.repacks_cpu_weights else (),
+            **self._graph(caps),
         )
 
 
@@ -323,6 +338,7 @@ class LlamaCppAdapter(LlamaServerAdapter):
             ngl_counts_output=True,
             n_cpu_moe_multi_gpu=True,
             repacks_cpu_weights=True,
+            kv_stream_per_slot=True,
         )
 
 
@@ -342,4 +358,12 @@ class IkLlamaCppAdapter(LlamaServerAdapter):
             default_cache_ram_mib=8192,
             default_parallel=1,
             n_cpu_moe_from_end=True,
+            # measured on CPU (benchmarks/data/cpu-ik-llama-server.csv): its graph keeps two
+            # residual activations, its fused moe_up_gate one product per expert
+            # (llm_build_moe_ffn), iqk_mul_mat_4d needs no KQ conversion (ggml.c,
+            # ggml_compute_forward_mul_mat), and its larger binary adds ~18 MiB of RSS
+            graph_residuals=2,
+            fused_moe=True,
+            cpu_process_base_mib=42,
+            kqv_work_buffer=False,
         )

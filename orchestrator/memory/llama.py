@@ -78,6 +78,15 @@ class LlamaConfig:
     """One KV stream for all slots (llama-server's default when ``-np`` is not given). False
     (``-np N`` without ``-kvu``): one stream per slot of ``ctx / N`` cells, padded to 256 each;
     the worst-case graph then attends over one stream's cells, not the whole context."""
+    residuals: int = 4
+    """n_embd-wide F32 activations of a ubatch live beside the largest phase (ik_llama.cpp: 2)."""
+    fused_moe: bool = False
+    """ik_llama.cpp's fused ``moe_up_gate``: one n_ff_exp-wide result per expert, not three."""
+    cpu_base_mib: int = CPU_ONLY_BASE_MIB
+    kqv_work: bool = True
+    """The CPU backend converts the KQ scores to F16 for ``V x softmax(KQ)`` (upstream);
+    ik_llama.cpp's iqk_mul_mat multiplies them as they are and leaves the work buffer unused."""
+    """RSS of a CPU-only server beside its buffers (measured: upstream ~20, ik_llama.cpp ~42)."""
     repack_types: tuple[str, ...] = ()
     """Weight types the CPU backend repacks (``REPACK_AVX2`` on x86-64). Only a CPU-only process
     repacks: with a GPU, its pinned host buffer takes the host weights. Empty: ``--no-repack``."""
@@ -238,14 +247,16 @@ def _compute_bytes(arch: Architecture, cfg: LlamaConfig, on_gpu_output: bool) ->
     n_ub = cfg.ubatch
     n_kv = ctx_per_stream(arch, cfg)
     mask = n_kv * n_ub * (F16 if cfg.flash_attn else F32)
-    residual = 4 * n_ub * arch.n_embd * F32
+    residual = cfg.residuals * n_ub * arch.n_embd * F32
     if cfg.flash_attn:
         attention = 0
     else:
         attention = arch.n_head * n_ub * n_kv * F32
     if arch.moe is not None:
         moe = arch.moe
-        ffn = 3 * n_ub * moe.n_expert_used * moe.n_ff_exp * F32
+        # up, gate and their product per routed expert (fused: the product only), then each
+        # expert's down projection before they are summed
+        ffn = (1 if cfg.fused_moe else 3) * n_ub * moe.n_expert_used * moe.n_ff_exp * F32
         ffn += n_ub * moe.n_expert_used * arch.n_embd * F32
     else:
         ffn = 3 * n_ub * arch.n_ff * F32
@@ -266,7 +277,7 @@ def cpu_work_bytes(arch: Architecture, cfg: LlamaConfig) -> int:
     Without flash attention that is ``kqv = V x softmax(KQ)``: the F32 scores become F16
     (``n_head x n_ub x n_kv`` x 2 bytes). Everything else converts one activation row set.
     """
-    if cfg.flash_attn or cfg.cache_type_v.lower() == "f32":
+    if cfg.flash_attn or cfg.cache_type_v.lower() == "f32" or not cfg.kqv_work:
         return 0
     return arch.n_head * cfg.ubatch * ctx_per_stream(arch, cfg) * F16
 
@@ -327,7 +338,9 @@ def estimate_llama(
             size += max(op_offload)
         compute[gpu] = size
     if used_gpus:
-        compute[CPU] = 4 * n_ub * arch.n_embd * F32 + n_kv * n_ub * (F16 if cfg.flash_attn else F32)
+        compute[CPU] = cfg.residuals * n_ub * arch.n_embd * F32 + n_kv * n_ub * (
+            F16 if cfg.flash_attn else F32
+        )
     else:
         compute[CPU] = _compute_bytes(arch, cfg, True)
     work = cpu_work_bytes(arch, cfg) if kv.get(CPU, 0) else 0
@@ -344,7 +357,7 @@ def estimate_llama(
     output_buffer = arch.vocab * F32 * max(cfg.parallel, 1)
     # Process baseline: the CUDA runtime's libraries and host state (~340 MiB on the H100 runs)
     # or, for a CPU-only process, just the server (~20 MiB measured here).
-    base = cfg.host_base_mib if used_gpus else CPU_ONLY_BASE_MIB
+    base = cfg.host_base_mib if used_gpus else cfg.cpu_base_mib
     devices[CPU] = DeviceMemory(
         weights=weights.get(CPU, 0),
         kv=kv.get(CPU, 0),

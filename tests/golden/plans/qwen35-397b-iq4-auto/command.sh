@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4-auto \
   --label orch.profile=qwen35-397b-iq4-auto \
-  --label orch.plan=1380d44ce419f910 \
+  --label orch.plan=acd1328819dbee2a \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8002:8080 \
@@ -20,7 +20,7 @@ podman run \
   --batch-size 2048 \
   --ubatch-size 2048 \
   --gpu-layers 999 \
-  --n-cpu-moe 37 \
+  --n-cpu-moe 36 \
   --flash-attn on \
   --no-mmap \
   --metrics

@@ -53,6 +53,9 @@ def test_orch_estimate_reports_ik_weights_exactly(
     assert main(["estimate", str(path), "--engine", "ik_llama.cpp", "--json", "--", *args]) == 0
     devices = json.loads(capsys.readouterr().out)["devices"]
     assert devices["CPU"]["weights"] == exact
+    # as a person reads it, with either engine's arguments
+    assert main(["estimate", str(path), "--", "-c", "512"]) == 0
+    assert f"{exact:,} bytes of weights (" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- memory, predicted against measured

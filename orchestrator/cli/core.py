@@ -281,9 +281,13 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
     if args.json:
         console.print_json(json.dumps(memory.to_json()))
         return 0
+    types: dict[str, int] = {}
+    for tensor in header.tensors:
+        types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
     console.print(
         f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
-        f"in {len(header.files)} file(s)",
+        f"in {len(header.files)} file(s), {sum(t.nbytes for t in header.tensors):,} bytes of "
+        f"weights ({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})",
         markup=False,
     )
     plan_budget = budgets(memory, hardware) if hardware else ()

@@ -74,3 +74,26 @@ def test_placement_and_argv_parsing_are_llama_server_only() -> None:
     engine = Catalog(PROFILES).load("llama4-scout-nvfp4").profile.engine
     with pytest.raises(TypeError, match="vllm is not a llama-server engine"):
         llama_adapter(engine)
+
+
+# Modules that may still branch on the engine's settings type: the adapters, the profile schema
+# and loader, and cli/lifecycle.py, whose code is moving to orchestrator/lifecycle.py (it can
+# use instances.served_name and adapter.reports_timings instead; then drop it from here).
+MAY_BRANCH = ("orchestrator/engines/", "orchestrator/profiles/", "orchestrator/cli/lifecycle.py")
+
+
+def test_no_engine_type_branches_outside_the_adapters() -> None:
+    import re
+
+    from tests.conftest import REPO
+
+    pattern = re.compile(r"isinstance\([^)]*(LlamaEngine|VllmEngine)")
+    found = []
+    for path in sorted((REPO / "orchestrator").rglob("*.py")):
+        relative = path.relative_to(REPO).as_posix()
+        if relative.startswith(MAY_BRANCH):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

@@ -6,10 +6,11 @@ export CONTAINERS_CONF ?= $(CURDIR)/tests/podman.containers.conf
 LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
+IK_IMAGE := localhost/orch-ik-llama-server:0.1.5
 
-.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise bench-sched bench-speed clean
+.PHONY: setup system venv llama-server image ik-llama ik-image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise bench-sched bench-speed clean
 
-setup: system venv llama-server demo-model image
+setup: system venv llama-server demo-model image ik-llama ik-image
 
 system:
 	@bash scripts/install-system-deps.sh
@@ -26,6 +27,13 @@ llama-server: venv
 
 image: llama-server
 	bash scripts/build-image.sh $(IMAGE) "$$(readlink -f $(LLAMA_SERVER_LINK))"
+
+# ik_llama.cpp's CPU llama-server and llama-quantize (34 min on 2 busy cores here), cached.
+ik-llama: venv
+	@dir=$$(bash scripts/build-ik-llama.sh | tail -n 1) && echo "ik_llama.cpp: $$dir"
+
+ik-image: ik-llama
+	bash scripts/build-image.sh $(IK_IMAGE) "$$(bash scripts/build-ik-llama.sh | tail -n 1)/llama-server"
 
 demo-model: venv
 	@test -f $(DEMO_MODEL) || $(PY) -m orchestrator.synthetic --spec tiny-dense --out $(DEMO_MODEL)

@@ -46,12 +46,15 @@ from orchestrator.synthetic import (
     CPU_BENCH_DENSE,
     CPU_BENCH_DENSE_Q4,
     CPU_BENCH_MOE,
+    SPECS,
     SyntheticSpec,
+    quantize_ik,
     write_gguf,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "benchmarks" / "data" / "cpu-llama-server.csv"
+IK_TABLE = ROOT / "benchmarks" / "data" / "cpu-ik-llama-server.csv"
 MODEL_DIR = Path.home() / ".cache" / "orch" / "bench"
 MODELS: dict[str, SyntheticSpec] = {
     "dense": CPU_BENCH_DENSE,
@@ -59,6 +62,8 @@ MODELS: dict[str, SyntheticSpec] = {
     "moe": CPU_BENCH_MOE,
 }
 """The ``model`` column: which synthetic spec a row ran."""
+IK_MIX = "ik-mix"
+"""ik rows' ik-typed model: SPECS["ik-moe"] quantized by ik's llama-quantize (iq4_kss-mix)."""
 
 MATRIX: tuple[tuple[str, str, str], ...] = (
     # dense F16: context, KV types, flash attention, slots, ubatch, load modes
@@ -98,6 +103,34 @@ MATRIX: tuple[tuple[str, str, str], ...] = (
     ("q03", "dense-q4_0", "-c 8192 -np 1 -fa on -nr"),
 )
 """(name, model, llama-server arguments) of every measured run: one short completion each."""
+
+IK_MATRIX: tuple[tuple[str, str, str], ...] = (
+    # ik_llama.cpp (flash attention on by default): its own types, then the upstream table's models
+    ("k01", IK_MIX, "-c 4096 -np 1"),
+    ("k02", IK_MIX, "-c 32768 -np 1 -fa off"),
+    ("k03", IK_MIX, "-c 32768 -np 1 -ctk q8_0 -ctv q8_0"),
+    ("k04", IK_MIX, "-c 131072 -np 1"),
+    ("k05", IK_MIX, "-c 16384 -np 4"),
+    ("k06", IK_MIX, "-c 8192 -np 1 --mlock"),
+    # seed 003's CPU twin: --cpu-moe, an -ot rule, -ger, --no-mmap, -b/-ub 2048
+    (
+        "k07",
+        IK_MIX,
+        r"-c 16384 -np 1 -b 2048 -ub 2048 --no-mmap --cpu-moe -ger -ot blk\.0\.ffn_up_exps=CPU",
+    ),
+    ("k08", "dense", "-c 4096 -np 1"),
+    ("k09", "dense", "-c 32768 -np 1 -fa off"),
+    ("k10", "dense", "-c 65536 -np 1 -ctk q8_0 -ctv q8_0"),
+    ("k11", "dense", "-c 16384 -np 1 -ub 2048"),
+    ("k12", "moe", "-c 32768 -np 1"),
+    ("k13", "moe", "-c 16384 -np 1 -b 2048 -ub 2048 --no-mmap"),
+)
+"""(name, model, llama-server arguments) of every measured ik_llama.cpp run."""
+
+IK_FILL: tuple[tuple[str, str, str], ...] = (
+    ("k02f", IK_MIX, "-c 4096 -np 1 -fa off"),
+    ("k08f", "dense", "-c 4096 -np 1"),
+)
 
 FILL: tuple[tuple[str, str, str], ...] = (
     ("d02f", "dense", "-c 4096 -np 1 -fa off"),
@@ -141,9 +174,21 @@ HEADER = f"""\
 # buffers; n_ctx, n_ctx_seq: KV cells in all and per sequence stream. Sizes in MiB.
 """
 
+IK_HEADER = f"""\
+# Real ik_llama.cpp llama-server runs on a CPU-only host (ik-llama-cpp-python 0.1.5, x86-64
+# AVX2, 2 cores), written by benchmarks/measure_cpu.py --engine ik_llama.cpp. Models:
+# orchestrator.synthetic SPECS["ik-moe"] quantized by ik's llama-quantize (ik-mix: IQ4_KSS
+# experts, IQ4_KS, IQ4_K, Q8_0), CPU_BENCH_DENSE (dense, F16), CPU_BENCH_MOE (moe, Q8_0).
+# Each run: llama-server -m MODEL ARGS -t 2 --port P; /health 200; one /completion of 8
+# tokens after a short prompt (rows *f: {FILL_TOKENS} token ids, filling the context); then the
+# memory; then kill. Columns as in cpu-llama-server.csv (ik logs one KV stream: n_ctx_seq =
+# n_ctx). Sizes in MiB.
+"""
+
 _BUFFER = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
+_IK_BUFFER = re.compile(r"llm_load_tensors:\s+(\S+) buffer size =\s*([\d.]+) MiB")
 _KV = re.compile(r"(\S+) KV buffer size =\s*([\d.]+) MiB")
-_N_CTX = re.compile(r"llama_context: n_ctx\s+= (\d+)")
+_N_CTX = re.compile(r"(?:llama_context|llama_init_from_model): n_ctx\s+= (\d+)")
 _N_CTX_SEQ = re.compile(r"llama_context: n_ctx_seq\s+= (\d+)")
 _COMPUTE = re.compile(r"(\S+) compute buffer size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"(\S+)\s+output buffer size =\s*([\d.]+) MiB")
@@ -172,11 +217,11 @@ class Buffers:
 def parse_log(text: str) -> Buffers:
     """Sum the server's buffer lines; a buffer reserved twice counts once (the last)."""
     model: dict[str, float] = {}
-    for name, size in _BUFFER.findall(text):
+    for name, size in _BUFFER.findall(text) + _IK_BUFFER.findall(text):
         model[name] = model.get(name, 0.0) + float(size)
     kv = sum(float(size) for _, size in _KV.findall(text))
     n_ctx = [int(n) for n in _N_CTX.findall(text)] or [0]
-    n_ctx_seq = [int(n) for n in _N_CTX_SEQ.findall(text)] or [0]
+    n_ctx_seq = [int(n) for n in _N_CTX_SEQ.findall(text)] or n_ctx  # ik: one stream
     compute: dict[str, float] = {}
     for name, size in _COMPUTE.findall(text):
         compute[name] = float(size)  # sched_reserve may run again: the last reservation stands
@@ -186,8 +231,19 @@ def parse_log(text: str) -> Buffers:
     return Buffers(mapped, extra, kv, n_ctx[-1], n_ctx_seq[-1], sum(compute.values()), output)
 
 
-def model_path(model: str) -> Path:
-    """The synthetic GGUF of a ``model`` column value, written on first use."""
+def model_path(model: str, server: str = "") -> Path:
+    """The synthetic GGUF of a ``model`` column value, written on first use.
+
+    ``ik-mix`` is quantized by the ``llama-quantize`` next to ``server`` (ik's build).
+    """
+    if model == IK_MIX:
+        path = MODEL_DIR / "ik-moe-iq4_kss-mix.gguf"
+        if not path.is_file():
+            source = MODEL_DIR / "ik-moe-f16.gguf"
+            if not source.is_file():
+                write_gguf(SPECS["ik-moe"], source)
+            quantize_ik(Path(server).with_name("llama-quantize"), source, path, "iq4_kss-mix")
+        return path
     path = MODEL_DIR / f"cpu-{model}.gguf"
     if not path.is_file():
         write_gguf(MODELS[model], path)
@@ -221,17 +277,27 @@ def _status_kib(pid: int, key: str) -> int:
 
 
 def measure(
-    server: str, name: str, model: str, args: str, logs: Path, fill: bool = False
+    server: str,
+    name: str,
+    model: str,
+    args: str,
+    logs: Path,
+    fill: bool = False,
+    verbose: tuple[str, ...] = ("-lv", "4"),
 ) -> dict[str, str]:
-    """Run one configuration and return its CSV row; ``fill``: a prompt of ``FILL_TOKENS``."""
-    path = model_path(model)
+    """Run one configuration and return its CSV row; ``fill``: a prompt of ``FILL_TOKENS``.
+
+    ``verbose``: the flags that make the server log its buffers (ik logs them by default).
+    """
+    path = model_path(model, server)
     port = free_port()
     argv = [server, "-m", str(path), *shlex.split(args)]
-    argv += ["-lv", "4", "-t", "2", "--host", "127.0.0.1", "--port", str(port)]
+    argv += [*verbose, "-t", "2", "--host", "127.0.0.1", "--port", str(port)]
     log_path = logs / f"{name}.log"
     started = time.monotonic()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        # cwd: ik_llama.cpp writes a llama.log into its working directory
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=logs)
     try:
         base = f"http://127.0.0.1:{port}"
         while _get(f"{base}/health", 2) != 200:
@@ -290,28 +356,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.measure_cpu", description=__doc__)
     parser.add_argument("rows", nargs="*", help="only these rows (printed; the CSV is untouched)")
     parser.add_argument("--server", default=None, help="llama-server binary (default: on PATH)")
-    parser.add_argument("--out", type=Path, default=TABLE, help=f"CSV to write (default {TABLE})")
+    parser.add_argument(
+        "--engine",
+        choices=["llama.cpp", "ik_llama.cpp"],
+        default="llama.cpp",
+        help=f"whose server --server is: ik_llama.cpp measures IK_MATRIX into {IK_TABLE.name}",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"CSV to write (default {TABLE})")
     parser.add_argument("--logs", type=Path, default=None, help="keep the server logs here")
     args = parser.parse_args(argv)
     server = args.server or shutil.which("llama-server") or str(ROOT / ".venv/bin/llama-server")
-    every = [(*r, False) for r in MATRIX] + [(*r, True) for r in FILL]
+    ik = args.engine == "ik_llama.cpp"
+    matrix, fills = (IK_MATRIX, IK_FILL) if ik else (MATRIX, FILL)
+    verbose: tuple[str, ...] = () if ik else ("-lv", "4")
+    out = args.out or (IK_TABLE if ik else TABLE)
+    every = [(*r, False) for r in matrix] + [(*r, True) for r in fills]
     rows = [r for r in every if not args.rows or r[0] in args.rows]
     logs = args.logs or Path(tempfile.mkdtemp(prefix="orch-measure-cpu-"))
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     for model in sorted({r[1] for r in rows}):
-        model_path(model)
+        model_path(model, server)
     lines = [",".join(COLUMNS)]
     for name, model, server_args, fill in rows:
-        row = measure(server, name, model, server_args, logs, fill)
+        row = measure(server, name, model, server_args, logs, fill, verbose)
         lines.append(",".join(row[c] for c in COLUMNS))
         print(lines[-1], flush=True)
     total = time.monotonic() - started
     print(f"# {len(rows)} runs in {total:.0f} s; logs in {logs}", file=sys.stderr)
     if not args.rows:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(HEADER + "\n".join(lines) + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text((IK_HEADER if ik else HEADER) + "\n".join(lines) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import jinja2
 
+from orchestrator.engines import adapter_for
 from orchestrator.errors import PreflightError, ProfileError
 from orchestrator.hfcache import HfWeights, hub_dir, locate
 from orchestrator.memory.breakdown import GIB, MIB
+from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import GgufHeader, read_gguf, split_paths
 from orchestrator.plan import Plan, build_plan
 from orchestrator.probe import HostState, missing_files, port_in_use
 from orchestrator.profiles.loader import Catalog, ResolvedProfile
-from orchestrator.profiles.schema import VllmEngine
 from orchestrator.render import make_environment
 from orchestrator.settings import Settings
 
@@ -82,7 +83,7 @@ class App:
     @staticmethod
     def header(resolved: ResolvedProfile, weights: HfWeights | None = None) -> GgufHeader | None:
         """The GGUF header if every split file exists, else None."""
-        if isinstance(resolved.profile.engine, VllmEngine):
+        if not adapter_for(resolved.profile.engine).reads_gguf:
             return None
         first = model_path(resolved, weights)
         files = split_paths(first)
@@ -90,10 +91,11 @@ class App:
             return None
         try:
             return read_gguf(first)
-        except (ValueError, OSError) as exc:
+        except (GgufError, OSError) as exc:
             where = "model.hf_file" if weights is not None else "model.path"
+            bad = exc.path if isinstance(exc, GgufError) else first
             raise PreflightError(
-                f"{first} is not a readable GGUF file ({exc}); re-download it or fix {where}"
+                f"{bad} is not a readable GGUF file ({exc}); re-download it or fix {where}"
             ) from None
 
 
@@ -134,7 +136,7 @@ def live_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> lis
 
 def file_problems(plan: Plan) -> list[str]:
     """Model files the plan needs that are missing (vLLM downloads its own)."""
-    if isinstance(plan.profile.engine, VllmEngine):
+    if not adapter_for(plan.profile.engine).reads_gguf:
         return []
     if plan.weights is not None:
         if plan.weights.cached:

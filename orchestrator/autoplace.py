@@ -22,14 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.engines import build_number
+from orchestrator.engines import adapter_for, build_number, llama_adapter
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.llama import CPU, EXPERT_REGEX, estimate_llama, place
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import (
     AUTO_PLACED,
-    LlamaEngine,
     OverrideTensor,
 )
 from orchestrator.sizing import (
@@ -115,7 +114,7 @@ def flags_text(settings: Mapping[str, Any]) -> str:
 
 def as_auto(resolved: ResolvedProfile) -> ResolvedProfile:
     """``resolved`` with ``placement = "auto"`` and its manual placement settings cleared."""
-    if not isinstance(resolved.profile.engine, LlamaEngine):
+    if not adapter_for(resolved.profile.engine).places_layers:
         return resolved  # vLLM places by tensor parallelism, not by layer
     return with_engine(resolved, placement="auto", **_CLEARED)
 
@@ -166,7 +165,6 @@ class _Search:
         memory, cfg = self.memory(settings)
         placed = place(self.tensors, self.arch.n_layer, cfg)
         engine = self.base.profile.engine
-        assert isinstance(engine, LlamaEngine)
         work = llama_workload(
             self.arch, self.tensors, placed, cfg, engine.kind, build_number(engine.version)
         )
@@ -220,8 +218,7 @@ def _gpu_experts(search: _Search, gpus: Sequence[str]) -> Candidate:
 
 def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacement:
     """Search every strategy and pick the fastest one that fits."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
+    caps = llama_adapter(resolved.profile.engine).caps(resolved.profile.engine.version)
     search = _Search(resolved, tensors)
     arch = search.arch
     gpus = sorted({b.device for b in search.budget({"gpu_layers": ALL_LAYERS})} - {CPU})
@@ -236,16 +233,16 @@ def choose(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> AutoPlacemen
         return _pick(considered)
 
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
-    ik = engine.kind == "ik_llama.cpp"
+    from_end = caps.n_cpu_moe_from_end
     if moe_layers:
-        # upstream counts blocks by index, ik_llama.cpp counts MoE layers; ik shares N out
+        # upstream counts blocks by index, ik_llama.cpp the last MoE layers; ik shares N out
         # across several GPUs in a way orch does not model, so it is not offered there
-        top = len(moe_layers) if ik else moe_layers[-1] + 1
+        top = len(moe_layers) if from_end else moe_layers[-1] + 1
         k = None
-        if not (ik and len(gpus) > 1):
+        if caps.n_cpu_moe_multi_gpu or len(gpus) == 1:
             k = smallest(1, top, lambda n: search.gpus_fit({**every, "n_cpu_moe": n}))
         if k is not None and k < top:
-            which = f"the last {k} MoE layers" if ik else f"blocks 0-{k - 1}"
+            which = f"the last {k} MoE layers" if from_end else f"blocks 0-{k - 1}"
             considered.append(
                 search.candidate(
                     "n-cpu-moe",

@@ -37,11 +37,11 @@ from typing import Any
 
 import tomli_w
 
+from orchestrator.engines import LLAMA_SERVERS
 from orchestrator.errors import LaunchError, PreflightError
 from orchestrator.ggml_types import ggml_type
 from orchestrator.health import request, wait_ready
 from orchestrator.memory.calibration import synthetic_architecture, synthetic_tensors
-from orchestrator.memory.gguf_arch import parse_llama_args
 from orchestrator.memory.llama import place
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.schema import HardwareProfile
@@ -226,7 +226,7 @@ def _observation(
     arch = synthetic_architecture(spec)
     tensors = tensors if tensors is not None else synthetic_tensors(spec)
     gpus = tuple(g for g in ("CUDA0",) if "-ngl" in args)
-    cfg = parse_llama_args(
+    cfg = LLAMA_SERVERS[run.kind].parse_args(
         args,
         gpus=gpus,
         gpu_vram_mib=(81920,) if gpus else (),

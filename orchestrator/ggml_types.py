@@ -1,26 +1,41 @@
-"""Storage sizes of ggml tensor types, upstream and ik_llama.cpp's own."""
+"""ggml tensor types, upstream and ik_llama.cpp's own: id, name and storage size.
+
+One table (``orchestrator/data/ggml-types.txt``, written by ``scripts/ggml-types.py`` from the
+``gguf`` package and ik's gguf-py and ggml.c) serves both the GGUF reader (type ids) and the
+memory model (sizes). Read here rather than imported from gguf, whose import costs ~175 ms.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 
 
 @dataclass(frozen=True)
 class GgmlType:
-    """How many elements one block holds and how many bytes it takes."""
+    """How many elements one block holds, how many bytes it takes, and bytes per row."""
 
     name: str
     block_elements: int
     block_bytes: int
     row_overhead_bytes: int = 0
+    """ik_llama.cpp's ``row_meta_size``: a per-row scale some of its types keep."""
+    type_id: int = -1
+    engine: str = "both"
+    """Which engines write it: ``upstream``, ``ik`` or ``both``."""
+
+    def row_bytes(self, ne0: int) -> int:
+        """Bytes of one row of ``ne0`` elements (a multiple of the block size)."""
+        return ne0 // self.block_elements * self.block_bytes + self.row_overhead_bytes
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes for a tensor of ``shape`` (first dimension is the row)."""
-        elements = 1
-        for dim in shape:
-            elements *= dim
-        rows = elements // shape[0] if shape and shape[0] else 0
-        return elements * self.block_bytes // self.block_elements + rows * self.row_overhead_bytes
+        if not shape:
+            return 0
+        rows = 1
+        for dim in shape[1:]:
+            rows *= dim
+        return self.row_bytes(shape[0]) * rows
 
     @property
     def bits_per_weight(self) -> float:
@@ -28,42 +43,21 @@ class GgmlType:
         return self.block_bytes * 8 / self.block_elements
 
 
-# (elements per block, bytes per block), as ggml's type_traits (ggml/src/ggml.c) define them.
-# Kept here rather than imported from gguf, whose import costs ~175 ms on every command.
-_UPSTREAM_SIZES = {
-    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "f64": (1, 8),
-    "i8": (1, 1), "i16": (1, 2), "i32": (1, 4), "i64": (1, 8),
-    "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
-    "q8_0": (32, 34), "q8_1": (32, 40), "q1_0": (128, 18),
-    "q2_k": (256, 84), "q3_k": (256, 110), "q4_k": (256, 144), "q5_k": (256, 176),
-    "q6_k": (256, 210), "q8_k": (256, 292),
-    "iq2_xxs": (256, 66), "iq2_xs": (256, 74), "iq2_s": (256, 82),
-    "iq3_xxs": (256, 98), "iq3_s": (256, 110), "iq1_s": (256, 50), "iq1_m": (256, 56),
-    "iq4_nl": (32, 18), "iq4_xs": (256, 136),
-    "tq1_0": (256, 54), "tq2_0": (256, 66), "mxfp4": (32, 17), "nvfp4": (64, 36),
-}  # fmt: skip
+def _load() -> tuple[dict[str, GgmlType], dict[int, GgmlType]]:
+    text = resources.files("orchestrator.data").joinpath("ggml-types.txt").read_text("utf-8")
+    by_name: dict[str, GgmlType] = {}
+    by_id: dict[int, GgmlType] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        type_id, name, block, size, meta, engine = line.split()
+        entry = GgmlType(name, int(block), int(size), int(meta), int(type_id), engine)
+        by_name[name] = entry
+        by_id[entry.type_id] = entry
+    return by_name, by_id
 
 
-def _upstream() -> dict[str, GgmlType]:
-    return {name: GgmlType(name, b, s) for name, (b, s) in _UPSTREAM_SIZES.items()}
-
-
-# ik_llama.cpp's own quants (block of 256 plus a per-row scale where the format has one).
-_IK_LLAMA = {
-    "iq2_ks": GgmlType("iq2_ks", 256, 70, 2),
-    "iq2_k": GgmlType("iq2_k", 256, 76),
-    "iq3_ks": GgmlType("iq3_ks", 256, 102, 2),
-    "iq3_k": GgmlType("iq3_k", 256, 110),
-    "iq4_kss": GgmlType("iq4_kss", 256, 128, 4),
-    "iq4_ks": GgmlType("iq4_ks", 256, 136, 4),
-    "iq4_k": GgmlType("iq4_k", 256, 144),
-    "iq5_ks": GgmlType("iq5_ks", 256, 168, 4),
-    "iq5_k": GgmlType("iq5_k", 256, 176),
-    "iq6_k": GgmlType("iq6_k", 256, 212),
-    "q8_kv": GgmlType("q8_kv", 1, 1, 8),
-}
-
-GGML_TYPES: dict[str, GgmlType] = {**_upstream(), **_IK_LLAMA}
+GGML_TYPES, GGML_TYPES_BY_ID = _load()
 
 # Types llama.cpp accepts for -ctk / -ctv.
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")

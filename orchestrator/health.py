@@ -55,7 +55,7 @@ CAUSES: tuple[Cause, ...] = (
         "unknown or invalid argument",
         re.compile(
             r"unknown argument|invalid argument|unrecognized arguments?|invalid value|"
-            r"error while handling argument",
+            r"error while handling argument|invalid parameter for argument",
             re.I,
         ),
         "check engine.extra_args against the engine's --help (engine.version may be wrong)",

@@ -19,12 +19,13 @@ import psutil
 from podman import PodmanClient
 
 from orchestrator.app import file_problems, resource_problems
+from orchestrator.engines import adapter_for
 from orchestrator.errors import PreflightError
 from orchestrator.health import get_json, request
 from orchestrator.plan import Plan, container_name
 from orchestrator.probe import probe_host
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
+from orchestrator.profiles.schema import ModelProfile, PodmanRuntime
 from orchestrator.runtime import Handle
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
@@ -136,20 +137,23 @@ def secret_problems(profile: ModelProfile, environ: Mapping[str, str]) -> list[s
                 f"secrets.api_key_file: {secrets.api_key_file} has a line with leading or "
                 "trailing whitespace (or CRLF endings); the engine would take it as part of the key"
             ]
-        if profile.engine.kind == "ik_llama.cpp" and any(ln.startswith("#") for ln in lines):
+        adapter = adapter_for(profile.engine)
+        if adapter.key_file_comments_are_keys and any(ln.startswith("#") for ln in lines):
             return [
                 f"secrets.api_key_file: {secrets.api_key_file} has a # line, which "
-                "ik_llama.cpp accepts as a key; remove it"
+                f"{adapter.kind} accepts as a key; remove it"
             ]
     return []
 
 
 def model_name(plan: Plan) -> str:
     """The ``model`` field requests send (vLLM checks it; llama-server ignores it)."""
-    engine = plan.profile.engine
-    if isinstance(engine, VllmEngine):
-        return engine.served_model_name or plan.profile.model.hf_repo or plan.profile.model.path
-    return plan.name
+    return adapter_for(plan.profile.engine).model_name(plan.profile, plan.name)
+
+
+def served_name(plan: Plan) -> str | None:
+    """The name ``/v1/models`` must list before the engine counts as ready (None: any)."""
+    return adapter_for(plan.profile.engine).served_name(plan.profile, plan.name)
 
 
 def engine_env(plan: Plan, environ: Mapping[str, str]) -> dict[str, str]:
@@ -232,6 +236,7 @@ def preflight(
     """
     profile = plan.profile
     engine = profile.engine
+    adapter = adapter_for(engine)
     notes: list[str] = []
     problems: list[str] = []
     if profile.numactl is not None and shutil.which("numactl") is None:
@@ -246,8 +251,8 @@ def preflight(
                 f"image {image} is not present locally "
                 "(build it, e.g. scripts/build-image.sh, or podman pull it)"
             )
-        elif not isinstance(engine, LlamaEngine):
-            notes.append("flag check skipped for vLLM (its --help imports torch)")
+        elif not adapter.help_lists_flags:
+            notes.append(f"flag check skipped for {adapter.label} (its --help imports torch)")
         elif not info.entrypoint:
             problems.append(
                 f"image {image} has no entrypoint; orch passes the engine arguments to it, "
@@ -260,7 +265,7 @@ def preflight(
             except PreflightError as exc:
                 problems.append(f"cannot list the flags of image {image}: {exc}")
                 supported, cached = frozenset(plan.engine_flags), True
-            unknown = [f for f in plan.engine_flags if f not in supported]
+            unknown = adapter.unconfirmed_flags(plan.engine_flags, supported)
             if unknown:
                 problems.append(
                     f"image {image} ({' '.join(info.entrypoint)}) does not support "
@@ -276,16 +281,16 @@ def preflight(
         binary = shutil.which(engine.binary)
         if binary is None:
             problems.append(f"engine binary {engine.binary!r} not found (engine.binary)")
-        elif isinstance(engine, LlamaEngine):
+        elif adapter.help_lists_flags:
             supported = supported_flags(binary)
-            unknown = [f for f in plan.engine_flags if f not in supported]
+            unknown = adapter.unconfirmed_flags(plan.engine_flags, supported)
             if unknown:
                 problems.append(
                     f"{binary} does not support {', '.join(unknown)} (per its --help); "
                     "check engine.version"
                 )
         else:
-            notes.append("flag check skipped for vLLM (its --help imports torch)")
+            notes.append(f"flag check skipped for {adapter.label} (its --help imports torch)")
     problems.extend(secret_problems(profile, os.environ))
     problems.extend(file_problems(plan))
     ignored: list[str] = []

@@ -22,12 +22,13 @@ import psutil
 
 from orchestrator import health, instances, progress, warmup
 from orchestrator.app import App
+from orchestrator.engines import adapter_for
 from orchestrator.errors import LaunchError, PreflightError
 from orchestrator.memory.breakdown import DeviceMemory, MemoryEstimate
 from orchestrator.plan import Plan
 from orchestrator.probe import port_in_use
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime, VllmEngine
+from orchestrator.profiles.schema import PodmanRuntime
 from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
@@ -362,7 +363,7 @@ class Lifecycle:
                     plan.profile.warmup,
                     model=instances.model_name(plan),
                     api_key=key,
-                    llama=isinstance(plan.profile.engine, LlamaEngine),
+                    llama=adapter_for(plan.profile.engine).reports_timings,
                 )
             self._emit(name, "warm", f"ready at {plan.endpoint}")
             return Started(plan, handle, record, ready_s=ready_s, stats=tuple(stats))
@@ -379,7 +380,6 @@ class Lifecycle:
     def _wait_ready(self, plan: Plan, handle: Handle, options: UpOptions, key: str | None) -> float:
         """Seconds until the engine answered; progress samples go out as ``loading`` events."""
         name = plan.name
-        engine = plan.profile.engine
         timeout = options.timeout_s or plan.load_timeout_s
         meter = progress.Meter(plan.model_bytes)
         last_sample = 0.0
@@ -401,7 +401,7 @@ class Lifecycle:
             log_tail=handle.log_tail,
             exit_code=handle.exit_code,
             path=plan.profile.health.path,
-            served_name=instances.model_name(plan) if isinstance(engine, VllmEngine) else None,
+            served_name=instances.served_name(plan),
             api_key=key,
             on_poll=on_poll,
             activity=progress.activity_of(handle),

@@ -14,23 +14,20 @@ import jinja2
 
 from orchestrator.autoplace import AutoPlacement, Candidate
 from orchestrator.autoplace import choose as choose_placement
-from orchestrator.engines import engine_caps, known_flags
+from orchestrator.engines import EngineAdapter, adapter_for
 from orchestrator.errors import BudgetError, ProfileError
 from orchestrator.hfcache import HfWeights, hub_dir, unresolved
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
+from orchestrator.profiles.schema import ModelProfile, PodmanRuntime
 from orchestrator.render import display, redact, render_argv
 from orchestrator.sizing import (
     DeviceBudget,
     budgets,
     estimate,
     gpus_for,
-    largest,
-    llama_config,
     model_tensors,
-    stays_off_gpu,
     with_engine,
 )
 from orchestrator.speed import SpeedEstimate, predict_profile
@@ -42,7 +39,6 @@ __all__ = [
     "build_plan",
     "estimate",
     "gpus_for",
-    "llama_config",
     "model_tensors",
     "require_fit",
 ]
@@ -143,57 +139,11 @@ def _weights_json(weights: HfWeights | None) -> dict[str, Any] | None:
 
 
 def _fits(resolved: ResolvedProfile, header: GgufHeader | None) -> bool:
-    engine = resolved.profile.engine
-    if isinstance(engine, LlamaEngine) and engine.placement == "auto":
+    """Whether this variant of a profile fits its hardware (as orch would place it)."""
+    if adapter_for(resolved.profile.engine).auto_placed(resolved.profile.engine):
         return choose_placement(resolved, model_tensors(resolved, header)[0]).chosen is not None
     memory, _, _ = estimate(resolved, header)
     return all(b.fits for b in budgets(memory, resolved.hardware))
-
-
-def largest_fitting_ctx(resolved: ResolvedProfile, header: GgufHeader | None) -> int | None:
-    """The largest ctx (a multiple of 256) that fits with every other setting unchanged."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
-    steps = largest(
-        1, engine.ctx // 256, lambda n: _fits(with_engine(resolved, ctx=n * 256), header)
-    )
-    return steps * 256 if steps else None
-
-
-def suggest_llama(resolved: ResolvedProfile, header: GgufHeader | None) -> list[str]:
-    """Changes that would make an over-budget llama.cpp plan fit."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
-    auto = engine.placement == "auto"
-    out: list[str] = []
-    ctx = largest_fitting_ctx(resolved, header)
-    if ctx:
-        how = "with the placement orch chooses" if auto else "as configured"
-        out.append(f"engine.ctx = {ctx} (the largest context that fits {how})")
-    moe = resolved.architecture.moe is not None
-    if moe and not auto and not engine.cpu_moe:
-        if _fits(with_engine(resolved, cpu_moe=True, n_cpu_moe=None), header):
-            out.append("engine.cpu_moe = true (experts in host RAM, attention on the GPU)")
-    if engine.cache_type_k == "f16" and _fits(
-        with_engine(resolved, cache_type_k="q8_0", cache_type_v="q8_0"), header
-    ):
-        out.append('engine.cache_type_k = engine.cache_type_v = "q8_0" (halves the KV cache)')
-    return out
-
-
-def suggest_vllm(resolved: ResolvedProfile, memory: MemoryEstimate) -> list[str]:
-    """Changes that would let vLLM's KV pool hold ``max_model_len``."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, VllmEngine)
-    capacity = int(memory.facts.get("kv_pool_tokens", 0))
-    if capacity >= engine.max_model_len:
-        return []
-    out = [f"engine.max_model_len = {capacity} (what the KV pool holds)"] if capacity else []
-    if not engine.kv_cache_dtype.startswith("fp8"):
-        out.append(f'engine.kv_cache_dtype = "fp8" (holds about {2 * capacity:,} tokens)')
-    if engine.tensor_parallel_size == 1 and len(resolved.hardware.gpus) >= 2:
-        out.append("engine.tensor_parallel_size = 2 (weights and KV split over two GPUs)")
-    return out
 
 
 # ---------------------------------------------------------------- rendering
@@ -227,10 +177,10 @@ class _ModelArgs:
 
 def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
     """The model argument, podman mounts and environment for the profile's weights."""
-    model, runtime, engine = profile.model, profile.runtime, profile.engine
+    model, runtime = profile.model, profile.runtime
     podman = isinstance(runtime, PodmanRuntime)
     offline = (("HF_HUB_OFFLINE", "1"),) if weights is not None and weights.cached else ()
-    if isinstance(engine, VllmEngine):
+    if not adapter_for(profile.engine).reads_gguf:  # vLLM: a model folder or a hub repo
         if weights is None:  # a local model folder
             if not podman:
                 return _ModelArgs(model.path)
@@ -257,9 +207,8 @@ def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
 
 
 def _locks_weights(profile: ModelProfile) -> bool:
-    """Whether llama-server will mlock the weights (``load_mode = "mlock"``)."""
-    engine = profile.engine
-    return isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
+    """Whether the engine will mlock the weights (llama-server's ``load_mode = "mlock"``)."""
+    return adapter_for(profile.engine).locks_memory(profile.engine)
 
 
 def _lock_caps(profile: ModelProfile) -> list[str]:
@@ -295,8 +244,11 @@ def _plan_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _check_extra_args(resolved: ResolvedProfile, extra: Sequence[str], kind: str) -> None:
-    known = known_flags(kind)
+def _check_extra_args(
+    resolved: ResolvedProfile, extra: Sequence[str], adapter: EngineAdapter
+) -> None:
+    known = adapter.catalogue.spellings
+    kind = adapter.kind
     problems = []
     for i, arg in enumerate(extra):
         name = arg.split("=", 1)[0]
@@ -328,10 +280,10 @@ def build_plan(
     """
     auto: AutoPlacement | None = None
     requested = resolved
-    if isinstance(resolved.profile.engine, LlamaEngine):
-        if resolved.profile.engine.placement == "auto":
-            auto = choose_placement(resolved, model_tensors(resolved, header)[0])
-            resolved = with_engine(resolved, **_applied(auto).settings)
+    adapter = adapter_for(resolved.profile.engine)
+    if adapter.auto_placed(resolved.profile.engine):
+        auto = choose_placement(resolved, model_tensors(resolved, header)[0])
+        resolved = with_engine(resolved, **_applied(auto).settings)
     profile = resolved.profile
     engine = profile.engine
     runtime = profile.runtime
@@ -343,10 +295,18 @@ def build_plan(
     secret_env: list[str] = []
     api_key_file = ""
     api_key_mount = ""
-    key_env_name = "VLLM_API_KEY" if isinstance(engine, VllmEngine) else "LLAMA_API_KEY"
-    vllm_key_file = isinstance(engine, VllmEngine) and profile.secrets.api_key_file
-    if profile.secrets.api_key_env or vllm_key_file:
-        secret_env.append(key_env_name)  # vLLM has no key-file flag: orch reads the file
+    key_variable = adapter.api_key_variable
+    if profile.secrets.api_key_env and key_variable is None:
+        raise ProfileError(
+            resolved.source,
+            [
+                f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
+                "server would start without authentication; use secrets.api_key_file"
+            ],
+        )
+    key_file_by_variable = profile.secrets.api_key_file and not adapter.api_key_file_flag
+    if key_variable and (profile.secrets.api_key_env or key_file_by_variable):
+        secret_env.append(key_variable)  # no key-file flag: orch reads the file
     elif profile.secrets.api_key_file:
         if is_podman:
             api_key_file = CONTAINER_SECRET
@@ -363,75 +323,37 @@ def build_plan(
     else:
         bind_host, bind_port = host, port
     if weights is not None and not weights.cached:
-        then = "vLLM downloads it at start" if isinstance(engine, VllmEngine) else "not startable"
+        then = "not startable" if adapter.reads_gguf else f"{adapter.label} downloads it at start"
         warnings.append(f"model: {weights.missing_text()} ({then})")
 
-    if isinstance(engine, LlamaEngine):
-        caps = engine_caps(engine.kind, engine.version)
-        if engine.grouped_expert_routing and not caps.grouped_expert_routing:
-            raise ProfileError(
-                resolved.source,
-                [
-                    "engine.grouped_expert_routing: -ger is ik_llama.cpp only "
-                    f"(engine is {engine.kind})"
-                ],
-            )
-        if profile.secrets.api_key_env and not caps.api_key_env:
-            raise ProfileError(
-                resolved.source,
-                [
-                    f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
-                    "server would start without authentication; use secrets.api_key_file"
-                ],
-            )
-        if engine.cache_ram_mib is not None and not caps.cache_ram:
-            raise ProfileError(
-                resolved.source,
-                [f"engine.cache_ram_mib: --cache-ram is not in {engine.kind} {engine.version}"],
-            )
-        _check_extra_args(resolved, engine.extra_args, engine.kind)
-        template = "engines/llama-server.j2"
-        ot = ",".join(f"{r.pattern}={r.device}" for r in engine.override_tensors)
-    else:
-        caps = engine_caps("vllm", engine.version)
-        _check_extra_args(resolved, engine.extra_args, "vllm")
-        template = "engines/vllm.j2"
-        ot = ""
-        if is_podman:
-            warnings.append(
-                "vLLM in podman: the image's entrypoint must be `vllm serve` "
-                "(as vllm/vllm-openai's is)"
-            )
+    problems = adapter.settings_problems(engine)
+    if problems:
+        raise ProfileError(resolved.source, problems)
+    _check_extra_args(resolved, engine.extra_args, adapter)
     # profile.gpus restricts the engine itself, not only orch's budget
     allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
     devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
+    warnings.extend(adapter.plan_warnings(profile, devices=devices, podman=is_podman))
     off_gpu_env: dict[str, str] = {}
-    if isinstance(engine, LlamaEngine) and allowed and stays_off_gpu(engine):
+    off_gpu = adapter.off_gpu(engine) if allowed else None
+    if off_gpu is not None:
         # nothing on a GPU: keep the CUDA build off them, or it opens the first one anyway
         # (a CUDA context plus a compute buffer for the batches it offloads)
-        if engine.kind == "llama.cpp":
-            devices = "none"
-        else:  # ik_llama.cpp's --device takes no "none": hide the GPUs from CUDA instead
-            devices = ""
-            off_gpu_env = {"CUDA_VISIBLE_DEVICES": ""}
-    if devices and is_podman and isinstance(engine, VllmEngine):
-        warnings.append(
-            "gpus: vLLM in podman uses every GPU in runtime.devices; list only "
-            f"{devices} there (e.g. nvidia.com/gpu={devices.removeprefix('CUDA')})"
-        )
+        devices = off_gpu.device
+        off_gpu_env = dict(off_gpu.env)
     engine_ctx = {
+        **adapter.template_context(engine),
         "devices": devices,
-        "e": engine,
-        "caps": caps,
         "bind_host": bind_host,
         "bind_port": bind_port,
         "model_path": model_path,
         "serve": not is_podman,
         "revision": profile.model.revision if profile.model.hf_repo else "main",
-        "override_tensors": ot,
         "api_key_file": api_key_file,
     }
-    engine_rendered = render_argv(env, template, engine_ctx)
+    engine_rendered = render_argv(
+        env, adapter.template, engine_ctx, spelling=adapter.catalogue.canonical
+    )
 
     runtime_env = dict(runtime.env)
     hash_parts = {
@@ -475,21 +397,23 @@ def build_plan(
                 "engine_args": engine_rendered.argv,
             },
         )
-        process_env = {**dict(model_args.env), **off_gpu_env, **runtime_env}
-        if isinstance(engine, VllmEngine) and devices:
-            indices = ",".join(name.removeprefix("CUDA") for name in allowed)
-            process_env = {**process_env, "CUDA_VISIBLE_DEVICES": indices}
+        limited = bool(devices) and off_gpu is None
+        indices = [int(name.removeprefix("CUDA")) for name in allowed] if limited else []
+        process_env = adapter.process_env(
+            {**dict(model_args.env), **off_gpu_env, **runtime_env}, indices
+        )
 
     memory, weights_source, model_bytes = estimate(resolved, header)
     speed = predict_profile(resolved, model_tensors(resolved, header)[0])
     device_budgets = budgets(memory, resolved.hardware)
     if auto is not None and auto.chosen is None:
         device_budgets = _applied(auto).budget  # over budget once auto's GPU margin is kept
-    suggestions: list[str] = []
-    if isinstance(engine, VllmEngine):
-        suggestions = suggest_vllm(resolved, memory)
-    elif not all(b.fits for b in device_budgets):
-        suggestions = suggest_llama(requested, header)
+    suggestions = adapter.suggestions(
+        requested,  # auto placement: search the settings the profile asked for
+        memory,
+        over_budget=not all(b.fits for b in device_budgets),
+        fits=lambda variant: _fits(variant, header),
+    )
 
     timeout = profile.health.timeout_s or round(120 + model_bytes / READ_BANDWIDTH_BYTES_S, 0)
     return Plan(
@@ -548,12 +472,7 @@ def require_fit(plan: Plan) -> None:
                 f"(over by {b.over_by / GIB:.2f} GiB)"
             )
     engine = plan.profile.engine
-    if isinstance(engine, VllmEngine):
-        capacity = int(plan.memory.facts.get("kv_pool_tokens", 0))
-        if capacity < engine.max_model_len:
-            lines.append(
-                f"vLLM KV pool holds {capacity:,} tokens < max_model_len {engine.max_model_len:,}"
-            )
+    lines.extend(adapter_for(engine).capacity_problems(engine, plan.memory))
     if not lines:
         return
     text = f"{plan.source}: does not fit {plan.hardware_name}:\n  " + "\n  ".join(lines)

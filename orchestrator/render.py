@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,17 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
     return env
 
 
-def render_argv(env: jinja2.Environment, template: str, context: dict[str, Any]) -> Rendered:
-    """Render ``template`` to an argv."""
+def render_argv(
+    env: jinja2.Environment,
+    template: str,
+    context: dict[str, Any],
+    spelling: Callable[[str], str] | None = None,
+) -> Rendered:
+    """Render ``template`` to an argv.
+
+    ``spelling`` maps each ``flag()`` to the spelling the engine documents (an engine
+    template may name any alias); ``raw()`` elements are left as given.
+    """
     try:
         text = env.get_template(template).render(**context)
     except jinja2.TemplateNotFound as exc:
@@ -83,6 +93,8 @@ def render_argv(env: jinja2.Environment, template: str, context: dict[str, Any])
         if not isinstance(item, dict) or len(item) != 1:
             raise TemplateError(f"{template}: rendered line {number} is not one element")
         ((kind, value),) = item.items()
+        if kind == "f" and spelling is not None:
+            value = spelling(value)
         argv.append(value)
         if kind in ("f", "r") and value.startswith("-"):
             flags.append(value.split("=", 1)[0])

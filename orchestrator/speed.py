@@ -36,12 +36,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.engines import build_number
+from orchestrator.engines import (
+    FUSED_GDN_SINCE_BUILD,
+    EngineCaps,
+    adapter_for,
+    adapter_for_kind,
+    build_number,
+    llama_settings,
+    vllm_settings,
+)
 from orchestrator.ggml_types import ggml_type
 from orchestrator.memory.llama import CPU, OP_OFFLOAD_MIN_BATCH, LlamaConfig, Placement, place
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import Architecture, HardwareProfile, LlamaEngine, VllmEngine
+from orchestrator.profiles.schema import Architecture, HardwareProfile
 from orchestrator.sizing import gpus_for, llama_config_for
 
 # ---------------------------------------------------------------- graph facts (per token)
@@ -83,10 +91,6 @@ DELTANET_NODES_FUSED = 30
 """A Gated DeltaNet layer (``src/models/qwen3next.cpp``, ``delta-net-base.cpp`` in b11434):
 about 30 compute nodes with the fused ``ggml_gated_delta_net``; the unfused update
 (``build_delta_net_autoregressive``: scale, exp, 4 mul, 2 sum_rows, sub, repeat, add) adds 12."""
-FUSED_GDN_SINCE_BUILD = 8100
-"""First upstream build whose Qwen3-Next / Qwen3.5 decode uses the fused Gated DeltaNet op
-(the op landed in PR #19504, b7990-ish; the graphs adopted it in the following weeks;
-b11434's ``llama_context`` enables ``fused_gdn_ar`` by default). ``latest`` counts as fused."""
 UNFUSED_GDN_CPU_CYCLES = 11.0e6
 """CPU cycles one unfused Gated DeltaNet layer of Qwen3-Next (32 x 128 x 128 state) costs per
 token beyond its weights. From llama.cpp issue #19480 (build 7973, Zen 5 Ryzen AI 9 HX PRO 370,
@@ -174,10 +178,9 @@ def _attention_nodes(arch: Architecture) -> int:
     return nodes
 
 
-def _fused_gdn(kind: str, build: int | None) -> bool:
-    if kind != "llama.cpp":
-        return True
-    return build is None or build >= FUSED_GDN_SINCE_BUILD
+def _caps(kind: str, build: int | None) -> EngineCaps:
+    """The graph-relevant capabilities of engine ``kind`` at ``build`` (None: the newest)."""
+    return adapter_for_kind(kind).caps("latest" if build is None else str(build))
 
 
 def _elements(tensor: Tensor) -> int:
@@ -228,7 +231,8 @@ def llama_workload(
             if kind_ == "ffn_exps":
                 work.expert_bytes += tensor.nbytes
 
-    fused = _fused_gdn(kind, build)
+    caps = _caps(kind, build)
+    fused = caps.fused_gated_delta_net
     state = _state_elements(arch)
     kv_width = arch.n_head_kv * arch.head_dim
     per_cell = ggml_type(cfg.cache_type_k).nbytes((kv_width, 1)) + ggml_type(
@@ -257,7 +261,7 @@ def llama_workload(
         sequence.append(device)
         if moe is not None and arch.is_moe_layer(layer):
             experts_on = expert_device.get(layer, device)
-            if kind == "ik_llama.cpp":
+            if caps.fused_moe:
                 expert_nodes, moe_nodes = IK_EXPERT_NODES, IK_MOE_NODES
             else:
                 expert_nodes = EXPERT_NODES + MOE_NODES_PER_EXPERT * moe.n_expert_used
@@ -642,8 +646,7 @@ def predict_vllm(work: Workload, hardware: HardwareProfile, ctx: int) -> SpeedEs
 
 def run_for(resolved: ResolvedProfile) -> EngineRun:
     """The threads and binding a llama.cpp-family profile's command line gives the engine."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
+    engine = llama_settings(resolved.profile.engine)
     numactl = resolved.profile.numactl
     nodes: tuple[int, ...] = ()
     interleave: tuple[int, ...] = ()
@@ -666,18 +669,18 @@ def run_for(resolved: ResolvedProfile) -> EngineRun:
 def predict_profile(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> SpeedEstimate:
     """Decode and prefill speed of a resolved profile as it will be launched."""
     profile, arch, hardware = resolved.profile, resolved.architecture, resolved.hardware
-    engine = profile.engine
-    if isinstance(engine, VllmEngine):
+    if not adapter_for(profile.engine).places_layers:  # vLLM: tensor-parallel GPUs
+        vllm = vllm_settings(profile.engine)
         gpus = [name for name, _ in gpus_for(profile, hardware)]
-        work = vllm_workload(arch, tensors, gpus, engine.tensor_parallel_size)
-        return predict_vllm(work, hardware, engine.max_model_len)
-    return predict(profile_workload(resolved, tensors), hardware, run_for(resolved), engine.ctx)
+        work = vllm_workload(arch, tensors, gpus, vllm.tensor_parallel_size)
+        return predict_vllm(work, hardware, vllm.max_model_len)
+    ctx = llama_settings(profile.engine).ctx
+    return predict(profile_workload(resolved, tensors), hardware, run_for(resolved), ctx)
 
 
 def profile_workload(resolved: ResolvedProfile, tensors: Sequence[Tensor]) -> Workload:
     """The per-token work of a llama.cpp-family profile as it is placed."""
-    engine = resolved.profile.engine
-    assert isinstance(engine, LlamaEngine)
+    engine = llama_settings(resolved.profile.engine)
     arch = resolved.architecture
     cfg = llama_config_for(resolved)
     placed = place(tensors, arch.n_layer, cfg)

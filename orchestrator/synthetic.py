@@ -121,6 +121,9 @@ class SyntheticSpec:
         n_vocab: Vocabulary size (rows of ``token_embd`` and ``output``).
         rope_freq_base: ``rope.freq_base``.
         rms_eps: ``attention.layer_norm_rms_epsilon``.
+        byte_tokens: Byte-fallback tokens ``<0x00>``... (256; 128 keeps every token whole UTF-8,
+            with U+2581 as a token of its own, so no sampled token is half a character, which
+            ik_llama.cpp's chat endpoint answers with HTTP 500; prompts must then be ASCII).
     """
 
     name: str
@@ -139,6 +142,7 @@ class SyntheticSpec:
     n_vocab: int = DEFAULT_VOCAB_SIZE
     rope_freq_base: float = 1_000_000.0
     rms_eps: float = 1e-6
+    byte_tokens: int = _N_BYTE_TOKENS
 
     def __post_init__(self) -> None:
         """Validate the spec.
@@ -158,6 +162,8 @@ class SyntheticSpec:
             raise ValueError("n_head must be a multiple of n_head_kv")
         if self.n_vocab < _MIN_VOCAB_SIZE:
             raise ValueError(f"n_vocab must be at least {_MIN_VOCAB_SIZE}")
+        if self.byte_tokens not in (128, _N_BYTE_TOKENS):
+            raise ValueError("byte_tokens must be 128 (ASCII) or 256")
         if self.is_moe:
             if self.n_expert <= 0 or self.n_ff_exp <= 0:
                 raise ValueError("qwen3moe needs n_expert > 0 and n_ff_exp > 0")
@@ -362,6 +368,24 @@ CPU_BENCH_MOE = SyntheticSpec(
 )
 """The ``moe`` model of the CPU matrix: 32 experts, 4 used, Q8_0 (427 M params, ~433 MiB)."""
 
+IK_MOE = SyntheticSpec(
+    name="synthetic-ik-qwen3moe",
+    arch="qwen3moe",
+    n_embd=512,
+    n_layer=4,
+    n_head=8,
+    n_head_kv=2,
+    head_dim=64,
+    n_ff=1024,
+    n_expert=16,
+    n_expert_used=4,
+    n_ff_exp=256,
+    ctx_train=32768,
+    byte_tokens=128,
+)
+"""A Qwen3 MoE (16 experts, 4 used; ~56 MiB in F16) whose every matrix row is a multiple of
+256 wide, so ik_llama.cpp's ``llama-quantize`` can write IQ4_KSS everywhere asked."""
+
 SPECS: dict[str, SyntheticSpec] = {
     "tiny-dense": TINY_DENSE,
     "tiny-moe": TINY_MOE,
@@ -370,11 +394,14 @@ SPECS: dict[str, SyntheticSpec] = {
     "cpu-dense": CPU_BENCH_DENSE,
     "cpu-dense-q4_0": CPU_BENCH_DENSE_Q4,
     "cpu-moe": CPU_BENCH_MOE,
+    "ik-moe": IK_MOE,
 }
 """Named specs, as accepted by the command line's ``--spec``."""
 
 
-def vocab(n_vocab: int = DEFAULT_VOCAB_SIZE) -> tuple[list[str], list[float], list[int]]:
+def vocab(
+    n_vocab: int = DEFAULT_VOCAB_SIZE, byte_tokens: int = _N_BYTE_TOKENS
+) -> tuple[list[str], list[float], list[int]]:
     """Build a small SentencePiece-style vocabulary with ASCII token texts.
 
     Layout: ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>`` to
@@ -385,6 +412,7 @@ def vocab(n_vocab: int = DEFAULT_VOCAB_SIZE) -> tuple[list[str], list[float], li
 
     Args:
         n_vocab: Total number of tokens.
+        byte_tokens: How many byte tokens (128: ASCII bytes only).
 
     Returns:
         Token texts, scores and token types (llama.cpp's ``LLAMA_TOKEN_TYPE_*``).
@@ -396,10 +424,14 @@ def vocab(n_vocab: int = DEFAULT_VOCAB_SIZE) -> tuple[list[str], list[float], li
         raise ValueError(f"n_vocab must be at least {_MIN_VOCAB_SIZE}")
     tokens = [text for text, _ in _SPECIAL_TOKENS]
     types = [ttype for _, ttype in _SPECIAL_TOKENS]
-    tokens += [f"<0x{b:02X}>" for b in range(_N_BYTE_TOKENS)]
-    types += [_TOKEN_TYPE_BYTE] * _N_BYTE_TOKENS
+    tokens += [f"<0x{b:02X}>" for b in range(byte_tokens)]
+    types += [_TOKEN_TYPE_BYTE] * byte_tokens
     tokens += list(_CHAT_TOKENS)
     types += [_TOKEN_TYPE_CONTROL] * len(_CHAT_TOKENS)
+    if byte_tokens < _N_BYTE_TOKENS:
+        # SentencePiece writes a space as U+2581: without the high byte tokens it needs its own
+        tokens.append("\u2581")
+        types.append(_TOKEN_TYPE_NORMAL)
     for piece in _pieces(n_vocab - len(tokens)):
         tokens.append(piece)
         types.append(_TOKEN_TYPE_NORMAL)
@@ -536,7 +568,7 @@ def write_gguf(
         writer.add_expert_used_count(spec.n_expert_used)
         writer.add_expert_feed_forward_length(spec.n_ff_exp)
 
-    tokens, scores, types = vocab(spec.n_vocab)
+    tokens, scores, types = vocab(spec.n_vocab, spec.byte_tokens)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -615,6 +647,42 @@ def _write_sparse(writer: Any, spec: SyntheticSpec, tmp: Path, dest: Path) -> Pa
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
+    return dest
+
+
+IK_RECIPES: dict[str, tuple[str, ...]] = {
+    # seed 003's IQ4_KSS mix: experts IQ4_KSS, attention Q8_0 (its output IQ4_KS), embeddings
+    # IQ4_K, output Q8_0; the base type IQ4_KS takes whatever no rule names.
+    "iq4_kss-mix": (
+        "--custom-q",
+        r"ffn_.*_exps=iq4_kss,attn_output=iq4_ks,attn_[qkv]\.=q8_0",
+        "--token-embedding-type",
+        "iq4_k",
+        "--output-tensor-type",
+        "q8_0",
+        "IQ4_KS",
+    ),
+    "iq3_ks": ("IQ3_KS",),  # 2 bytes of scale per row
+}
+"""ik_llama.cpp ``llama-quantize`` arguments (options, then the file type) per recipe name."""
+
+
+def quantize_ik(llama_quantize: Path, source: Path, dest: Path, recipe: str) -> Path:
+    """Quantize ``source`` with ik_llama.cpp's own ``llama-quantize`` (atomically into ``dest``).
+
+    Raises:
+        RuntimeError: The quantizer failed (its output's tail in the message).
+    """
+    import subprocess
+
+    *options, file_type = IK_RECIPES[recipe]
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    argv = [str(llama_quantize), *options, str(source), str(tmp), file_type, "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{(done.stdout + done.stderr)[-2000:]}")
+    tmp.replace(dest)
     return dest
 
 

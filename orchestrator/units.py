@@ -16,10 +16,11 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from orchestrator.engines import adapter_for
 from orchestrator.errors import OrchError
 from orchestrator.memory.breakdown import GIB
 from orchestrator.plan import Plan
-from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime
+from orchestrator.profiles.schema import PodmanRuntime
 
 TEMPLATE = "systemd/orch.service.j2"
 WARMUP_BASE_S = 30
@@ -115,7 +116,7 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
         # podman is daemonless (no podman.socket needed); it does need its runtime dir.
         mounts.append("%t/containers")
     engine = profile.engine
-    memlock = isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
+    memlock = adapter_for(engine).locks_memory(engine)
     locked = plan.memory.devices["CPU"].weights if "CPU" in plan.memory.devices else 0
     api_key_env = profile.secrets.api_key_env or ""
     return {

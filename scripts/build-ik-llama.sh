@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build a CPU ik_llama.cpp llama-server and llama-quantize from PyPI's ik-llama-cpp-python
 # source package (it vendors the ik_llama.cpp tree) and cache them.
-# Prints the cache folder (holding llama-server, llama-quantize and gguf-py/) on its last line.
+# Prints the cache folder on its last line. It holds llama-server, llama-quantize, gguf-py/ (ik's
+# gguf package, which knows its types) and src/ (common/common.cpp and common/log.h, ik's
+# argument parser, and ggml/src/ggml.c, its type table), which scripts/flag-catalogue.py and
+# scripts/ggml-types.py read.
 # Cache key: package version + CPU architecture (GGML_NATIVE=OFF with AVX2 keeps it portable).
 set -euo pipefail
 
@@ -10,8 +13,14 @@ arch="$(uname -m)"
 cache_root="${ORCH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/orch}"
 dest="$cache_root/ik-llama/$version-$arch"
 
-if [[ -x "$dest/llama-server" && -x "$dest/llama-quantize" && -d "$dest/gguf-py/gguf" ]] \
-  && "$dest/llama-server" --version >/dev/null 2>&1; then
+sources=(common/common.cpp common/log.h ggml/src/ggml.c)
+cached() {
+  [[ -x "$dest/llama-server" && -x "$dest/llama-quantize" && -d "$dest/gguf-py/gguf" ]] || return 1
+  local f
+  for f in "${sources[@]}"; do [[ -f "$dest/src/$f" ]] || return 1; done
+  "$dest/llama-server" --version >/dev/null 2>&1
+}
+if cached; then
   echo "$dest"
   exit 0
 fi
@@ -56,6 +65,9 @@ for tool in llama-server llama-quantize; do
   strip "$dest/$tool.tmp" 2>/dev/null || true
   mv "$dest/$tool.tmp" "$dest/$tool"
 done
-rm -rf "$dest/gguf-py"
+rm -rf "$dest/gguf-py" "$dest/src"
 cp -r "$src/gguf-py" "$dest/gguf-py"
+for f in "${sources[@]}"; do
+  install -D -m 0644 "$src/$f" "$dest/src/$f"
+done
 echo "$dest"

@@ -85,6 +85,85 @@ def llama_server_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ik_llama() -> Path:
+    """The ik_llama.cpp CPU build: a folder with llama-server, llama-quantize, gguf-py, src/."""
+    env = os.environ.get("ORCH_TEST_IK_LLAMA")
+    if env:
+        folder = Path(env)
+    else:
+        done = subprocess.run(
+            [str(REPO / "scripts" / "build-ik-llama.sh")], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                "scripts/build-ik-llama.sh failed (it builds ik_llama.cpp from PyPI's "
+                f"ik-llama-cpp-python, ~12 min on 2 cores):\n{done.stderr[-2000:]}"
+            )
+        folder = Path(done.stdout.strip().splitlines()[-1])
+    for tool in ("llama-server", "llama-quantize"):
+        if not os.access(folder / tool, os.X_OK):
+            pytest.fail(f"no ik_llama.cpp {tool} in {folder} (run scripts/build-ik-llama.sh)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ik_ggufs(ik_llama: Path) -> dict[str, Path]:
+    """The ik-moe synthetic model quantized by ik's own llama-quantize, one file per recipe.
+
+    Kept under ~/.cache/orch/test-models/ (keyed by the ik build and the spec), since quantizing
+    takes tens of seconds on 2 cores.
+    """
+    from orchestrator.synthetic import IK_RECIPES, SPECS, quantize_ik, write_gguf
+
+    folder = ik_model_folder(ik_llama)
+    f16 = folder / "ik-moe-f16.gguf"
+    if not f16.exists():
+        write_gguf(SPECS["ik-moe"], f16)
+    out = {}
+    for recipe in IK_RECIPES:
+        path = folder / f"ik-moe-{recipe}.gguf"
+        if not path.exists():
+            try:
+                quantize_ik(ik_llama / "llama-quantize", f16, path, recipe)
+            except RuntimeError as exc:
+                pytest.fail(str(exc))
+        out[recipe] = path
+    return out
+
+
+@pytest.fixture(scope="session")
+def ik_podman_image(ik_llama: Path) -> str:
+    """A local podman image of ik's llama-server (scripts/build-image.sh; seconds, cached)."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (apt-get install -y podman runc)")
+    image = f"localhost/orch-ik-llama-server:{ik_llama.name.rsplit('-', 1)[0]}"
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    done = subprocess.run(
+        [str(REPO / "scripts" / "build-image.sh"), image, str(ik_llama / "llama-server")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-image.sh (ik) failed:\n{done.stderr[-2000:]}")
+    return image
+
+
+def ik_model_folder(ik_llama: Path) -> Path:
+    """Where quantized test models of this ik build and the ik-moe spec are kept."""
+    import hashlib
+
+    from orchestrator.synthetic import IK_RECIPES, SPECS, vocab
+
+    spec = SPECS["ik-moe"]
+    made_of = (spec, IK_RECIPES, vocab(spec.n_vocab, spec.byte_tokens))
+    key = hashlib.sha256(repr(made_of).encode()).hexdigest()[:10]
+    folder = Path.home() / ".cache" / "orch" / "test-models" / f"ik-{ik_llama.name}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from orchestrator.synthetic import SPECS, write_gguf
 

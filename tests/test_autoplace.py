@@ -130,7 +130,7 @@ def test_dense_model_gets_the_most_layers_that_fit(tmp_path: Path) -> None:
     assert search.gpus_fit({"gpu_layers": layers})
     assert not search.gpus_fit({"gpu_layers": layers + 1})
     argv = list(plan.engine_argv)
-    assert argv[argv.index("--n-gpu-layers") + 1] == str(layers)
+    assert argv[argv.index("--gpu-layers") + 1] == str(layers)
 
 
 def test_cpu_only_hardware_plans_cpu_only() -> None:

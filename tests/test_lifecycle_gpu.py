@@ -194,7 +194,7 @@ def test_skip_memory_check_says_so_and_still_checks_the_rest(
 
     def profile(model: Path = tiny_gguf, ik_llama: bool = False) -> None:
         # CUDA0 is not here, and a 195 GiB prompt-cache limit needs more RAM than is free.
-        extra = ("-fmoe",) if ik_llama else ()
+        extra = ("-no-fmoe",) if ik_llama else ()
         _gpu_llama(
             orch_env,
             "g",
@@ -225,11 +225,11 @@ def test_skip_memory_check_says_so_and_still_checks_the_rest(
         profile()
         taken = orch_env.run("up", "g", SKIP)
     assert taken.returncode == 4 and f"port 127.0.0.1:{port} is already in use" in taken.stderr
-    # -fmoe is an ik_llama.cpp flag; this llama.cpp binary's --help does not list it.
+    # -no-fmoe is an ik_llama.cpp flag; this llama.cpp binary's --help does not list it.
     profile(ik_llama=True)
     unsupported = orch_env.run("up", "g", SKIP)
     assert unsupported.returncode == 4, unsupported.stdout + unsupported.stderr
-    assert "does not support -fmoe (per its --help)" in unsupported.stderr
+    assert "does not support -no-fmoe (per its --help)" in unsupported.stderr
     assert orch_env.record("g") is None
     assert not _engines_on(port)
 

@@ -78,9 +78,9 @@ def _profile(
         path.write_text(path.read_text().replace('kind = "llama.cpp"\n', kind_lines, 1))
 
 
-# An ik_llama.cpp profile pointed at an image holding mainline llama.cpp: `-fmoe` is in the
+# An ik_llama.cpp profile pointed at an image holding mainline llama.cpp: `-no-fmoe` is in the
 # ik_llama.cpp catalogue (so the profile validates) but not in this binary's --help.
-IK_ON_MAINLINE = ('kind = "ik_llama.cpp"\n', ("-fmoe",), "-fmoe")
+IK_ON_MAINLINE = ('kind = "ik_llama.cpp"\n', ("-no-fmoe",), "-no-fmoe")
 # engine.version names an old build (before --load-mode), so the plan renders --mlock,
 # which the image's newer build no longer has.
 OLD_VERSION = ('kind = "llama.cpp"\nversion = "b5000"\nload_mode = "mlock"\n', (), "--mlock")
@@ -137,8 +137,9 @@ def test_unsupported_flag_refused_then_cached(
     )
 
     # Proof that preflight reads the cache, not a fresh --help: a cached set without
-    # --ctx-size refuses a profile that this binary really supports.
+    # --ctx-size (in neither of its spellings) refuses a profile that this binary supports.
     cached["flags"].remove("--ctx-size")
+    cached["flags"].remove("-c")
     cache_file.write_text(json.dumps(cached))
     _profile(orch_env, "pg", podman_image, tiny_gguf)
     doctored = orch_env.run("up", "pg")

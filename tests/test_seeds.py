@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from orchestrator.engines import canonical_flag
+from orchestrator.engines import adapter_for
 from orchestrator.plan import Plan, build_plan
 from orchestrator.profiles.loader import Catalog
 from orchestrator.render import make_environment
@@ -45,7 +46,10 @@ BOOL_FLAGS = {
 }
 
 
-def pairs(words: list[str]) -> Counter[tuple[str, str]]:
+def pairs(
+    words: list[str], canonical: Callable[[str], str] = lambda flag: flag
+) -> Counter[tuple[str, str]]:
+    """(flag, value) pairs; ``canonical`` maps each flag to one spelling of its aliases."""
     out: Counter[tuple[str, str]] = Counter()
     i = 0
     while i < len(words):
@@ -53,13 +57,13 @@ def pairs(words: list[str]) -> Counter[tuple[str, str]]:
         if word.startswith("-"):
             name, eq, value = word.partition("=")
             if eq:
-                out[(canonical_flag(name), value)] += 1
+                out[(canonical(name), value)] += 1
                 i += 1
             elif name in BOOL_FLAGS or i + 1 >= len(words) or words[i + 1].startswith("-"):
-                out[(canonical_flag(name), "")] += 1
+                out[(canonical(name), "")] += 1
                 i += 1
             else:
-                out[(canonical_flag(name), words[i + 1])] += 1
+                out[(canonical(name), words[i + 1])] += 1
                 i += 2
         else:
             out[("", word)] += 1
@@ -105,7 +109,9 @@ def test_seed_command_matches(name: str) -> None:
     seed_outer, seed_engine = split_at_image(seed_words(name, plan), plan)
     orch_outer, orch_engine = split_at_image(list(plan.argv), plan)
 
-    seed_e, orch_e = pairs(seed_engine), pairs(orch_engine)
+    # alias-aware: -c and --ctx-size are one flag, in the engine's own catalogue
+    canonical = adapter_for(plan.profile.engine).catalogue.canonical
+    seed_e, orch_e = pairs(seed_engine, canonical), pairs(orch_engine, canonical)
     # program words: the binary (path differs for process runs) and `serve MODEL`
     seed_e = Counter(
         {k: v for k, v in seed_e.items() if k[0] or k[1] in ("serve", plan.profile.model.hf_repo)}

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, get_args
 
 import pytest
 
+from orchestrator.flagcatalogue import load_catalogue
 from orchestrator.instances import engine_env
 from orchestrator.plan import Plan, build_plan
 from orchestrator.profiles.loader import Catalog
@@ -259,11 +261,30 @@ def test_argcheck_command_line_rejects_an_unknown_flag() -> None:
 
 
 def test_flag_catalogue_matches_vllm(vllm: dict[str, Any]) -> None:
-    text = (REPO / "orchestrator" / "data" / "flags-vllm.txt").read_text(encoding="utf-8")
-    catalogue = {
-        line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")
-    }
-    missing = catalogue - set(vllm["options"])
+    catalogue = load_catalogue("vllm")
+    missing = catalogue.spellings - set(vllm["options"])
     assert not missing, (
         f"flags-vllm.txt lists flags vllm serve {vllm['vllm']} does not have: {sorted(missing)}"
     )
+    unlisted = set(vllm["options"]) - catalogue.spellings
+    assert not unlisted, f"vllm serve takes flags flags-vllm.txt lacks: {sorted(unlisted)}"
+
+
+def test_flag_catalogue_regenerates_unchanged() -> None:
+    if not VENV_PYTHON.exists():
+        pytest.fail(f"{VENV_PYTHON} is missing: {INSTALL}")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "flag-catalogue.py"), "vllm", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (
+        "orchestrator/data/flags-vllm.txt differs from vLLM's parser "
+        f"(regenerate: scripts/flag-catalogue.py vllm):\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+    )
+
+
+def test_rendered_prefix_caching_off_is_the_documented_spelling(plans: dict[str, Plan]) -> None:
+    argv = plans["vllm-prefix-caching-off"].engine_argv
+    assert "--disable-prefix-caching" in argv and "--no-enable-prefix-caching" not in argv

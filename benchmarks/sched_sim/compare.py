@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from orchestrator.engines import LlamaCppAdapter
 from orchestrator.memory.breakdown import MIB, MemoryEstimate
 from orchestrator.memory.calibration import (
     TOLERANCE_FRACTION,
@@ -25,7 +26,6 @@ from orchestrator.memory.calibration import (
     synthetic_architecture,
     synthetic_tensors,
 )
-from orchestrator.memory.gguf_arch import parse_llama_args
 from orchestrator.memory.llama import estimate_llama
 from orchestrator.synthetic import CALIBRATION_DENSE, CALIBRATION_MOE, SyntheticSpec, write_gguf
 
@@ -70,7 +70,7 @@ def predicted(model: str, args: str) -> MemoryEstimate:
     """The memory model's estimate for one H100 (as ``orch estimate --hardware h100-sxm-80gb``)."""
     spec = SPECS[model]
     arch = synthetic_architecture(spec)
-    cfg = parse_llama_args(
+    cfg = LlamaCppAdapter().parse_args(
         shlex.split(args),
         gpus=("CUDA0",),
         gpu_vram_mib=(81079,),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from orchestrator.engines import engine_caps
-from orchestrator.profiles.schema import LlamaEngine, ModelProfile
+from orchestrator.engines import adapter_for
+from orchestrator.profiles.schema import ModelProfile
 
 SERIES_LADDER = (512, 1024, 2048, 4096, 8192, 16384)
 """Prompt sizes of a series: a few hundred to ~16K tokens, as in seed 003."""
@@ -27,13 +27,7 @@ def request_limit(profile: ModelProfile) -> int:
     llama-server splits ``ctx`` between its slots unless the KV cache is unified (which it
     is when orch leaves ``parallel`` to the engine); vLLM holds ``max_model_len`` per request.
     """
-    engine = profile.engine
-    if isinstance(engine, LlamaEngine):
-        caps = engine_caps(engine.kind, engine.version)
-        unified = engine.kv_unified or engine.parallel is None
-        slots = 1 if unified else (engine.parallel or caps.default_parallel)
-        return engine.ctx // max(slots, 1)
-    return engine.max_model_len
+    return adapter_for(profile.engine).request_tokens(profile.engine)
 
 
 def prompt_limit(request_tokens: int, max_tokens: int) -> int:

@@ -19,9 +19,10 @@ from orchestrator.app import App
 from orchestrator.bench import chart, ledger, schedule, stats
 from orchestrator.bench.ledger import BenchResult, Method, RunRow
 from orchestrator.bench.run import Target, engine_build, file_digest, run_series, run_sweep
+from orchestrator.engines import adapter_for
 from orchestrator.errors import NotRunningError, PreflightError, ProfileError
 from orchestrator.plan import Plan
-from orchestrator.profiles.schema import LlamaEngine, PodmanRuntime
+from orchestrator.profiles.schema import PodmanRuntime
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.state import Record, StateStore
 
@@ -172,9 +173,9 @@ def _err(text: str) -> None:
 
 
 def _target(plan: Plan, record: Record) -> Target:
-    llama = isinstance(plan.profile.engine, LlamaEngine)
-    # The engine's measure (its adapter's job): llama-server's own timings, its prompt cache
-    # off per request; vLLM's stream, timed by orch.
+    llama = adapter_for(plan.profile.engine).reports_timings
+    # llama-server's own timings, its prompt cache off per request; otherwise (vLLM) the
+    # stream, timed by orch.
     measure, no_cache = (
         (warmup.chat, {"cache_prompt": False}) if llama else (warmup.chat_streamed, {})
     )

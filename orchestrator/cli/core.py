@@ -13,14 +13,16 @@ from rich.table import Table
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
+from orchestrator.engines import LLAMA_SERVERS, adapter_for
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
+from orchestrator.flagcatalogue import FlagCatalogue
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
-from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
+from orchestrator.memory.gguf_arch import architecture_from_gguf
+from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama, place
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
 from orchestrator.probe import probe_host
-from orchestrator.profiles.schema import VllmEngine
 from orchestrator.speed import (
     SpeedEstimate,
     engine_run,
@@ -73,7 +75,9 @@ def register(commands: Any) -> None:
             "Read MODEL.gguf's header (no tensor data) and predict, per device, the memory the\n"
             "llama-server arguments after -- will use: weights, KV cache, compute, overhead;\n"
             "with --hardware, also its decode and prefill speed on that machine.\n"
-            "usage: orch estimate MODEL.gguf [--hardware NAME] [--json] -- LLAMA-SERVER-ARGS"
+            "Every flag llama-server takes is accepted, in any of its spellings.\n"
+            "usage: orch estimate MODEL.gguf [--hardware NAME] [--engine ENGINE] [--json] "
+            "-- LLAMA-SERVER-ARGS"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  orch estimate model.gguf --hardware epyc9175f-rtxpro6000 -- "
@@ -81,6 +85,12 @@ def register(commands: Any) -> None:
     )
     p.add_argument("model", type=Path, metavar="MODEL.gguf")
     p.add_argument("--hardware", help="hardware profile giving the GPUs (default: CPU only)")
+    p.add_argument(
+        "--engine",
+        choices=sorted(LLAMA_SERVERS),
+        default="llama.cpp",
+        help="whose llama-server the arguments are for (its flags, its placement rules)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_estimate)
 
@@ -239,7 +249,7 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     for name in names:
         resolved = app.resolve(name, args.hardware)
         if args.placement == "auto":
-            if isinstance(resolved.profile.engine, VllmEngine):
+            if not adapter_for(resolved.profile.engine).places_layers:
                 Console(stderr=True).print(
                     f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
                     "by tensor_parallel_size, so this plan is unchanged",
@@ -271,38 +281,43 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
 # ---------------------------------------------------------------- estimate
 
 
-def _without_fit(args: list[str]) -> tuple[list[str], str]:
-    """Drop llama-server's ``--fit on|off``: orch predicts the settings as written.
+def _fit_note(args: list[str], catalogue: FlagCatalogue) -> str:
+    """A note when the arguments turn llama-server's ``--fit`` on: orch estimates them as written.
 
-    (``--fit on``, the default of newer builds, may lower ``-c`` or ``-ngl`` at load time to
-    fit the free memory; the estimate is for the command line as written.)
+    (``--fit on`` may lower ``-c`` or ``-ngl`` at load time to fit the free memory.)
     """
-    out: list[str] = []
-    seen = ""
-    i = 0
-    while i < len(args):
-        name, eq, value = args[i].partition("=")
-        if name in ("--fit", "-fit"):
-            seen = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-            i += 1 if eq else 2
+    fit = catalogue.get("--fit")
+    if fit is None:
+        return ""
+    for i, arg in enumerate(args):
+        name, eq, inline = arg.partition("=")
+        if catalogue.get(name) is not fit:
             continue
-        out.append(args[i])
-        i += 1
-    note = f"--fit {seen}: estimated as written (--fit on may change -c / -ngl at load)"
-    return out, note if seen and seen != "off" else ""
+        if not fit.values:  # ik_llama.cpp's --fit is a switch
+            return f"{name}: estimated as written (--fit may change -c / -ngl at load)"
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if value != "off":
+            return f"{name} {value}: estimated as written (--fit on may change -c / -ngl at load)"
+    return ""
 
 
 def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
     """Predict a raw llama-server command line's memory (and, with --hardware, speed)."""
-    server_args, fit_note = _without_fit(list(args.passthrough))
+    server_args: list[str] = list(args.passthrough)
+    adapter = LLAMA_SERVERS[args.engine]
     path: Path = args.model
     if not path.is_file():
         raise PreflightError(f"{path}: no such model file")
     try:
         header = read_gguf(path)
-    except (ValueError, OSError) as exc:
+    except GgufError as exc:
+        raise PreflightError(f"{exc.path}: not a readable GGUF file ({exc})") from None
+    except OSError as exc:
         raise PreflightError(f"{path}: not a readable GGUF file ({exc})") from None
-    arch = architecture_from_gguf(header)
+    try:
+        arch = architecture_from_gguf(header)
+    except GgufError as exc:
+        raise PreflightError(f"{exc.path}: cannot size this model: {exc}") from None
     gpus: tuple[str, ...] = ()
     vram: tuple[int, ...] = ()
     context_mib = 590
@@ -314,7 +329,7 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         context_mib = hardware.budget.cuda_context_mib
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    cfg = parse_llama_args(
+    cfg = adapter.parse_args(
         server_args,
         gpus=gpus,
         gpu_vram_mib=vram,
@@ -330,7 +345,7 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
     if hardware is not None:
         threads, threads_batch = threads_from_args(server_args)
         run = engine_run(
-            "llama.cpp",
+            adapter.kind,
             "latest",
             hardware,
             threads=threads,
@@ -339,8 +354,9 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
             ubatch=cfg.ubatch,
         )
         placed = place(tensors, arch.n_layer, cfg)
-        work = llama_workload(arch, tensors, placed, cfg, "llama.cpp", None)
+        work = llama_workload(arch, tensors, placed, cfg, adapter.kind, None)
         speed = predict(work, hardware, run, cfg.ctx or arch.ctx_train)
+    fit_note = _fit_note(server_args, adapter.catalogue)
     notes = [*memory.notes, *([fit_note] if fit_note else [])]
     if args.json:
         data = memory.to_json()
@@ -348,9 +364,13 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         data["speed"] = speed.to_json() if speed else None
         console.print_json(json.dumps(data))
         return 0
+    types: dict[str, int] = {}
+    for tensor in header.tensors:
+        types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
     console.print(
         f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
-        f"in {len(header.files)} file(s)",
+        f"in {len(header.files)} file(s), {sum(t.nbytes for t in header.tensors):,} bytes of "
+        f"weights ({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})",
         markup=False,
     )
     plan_budget = budgets(memory, hardware) if hardware else ()

@@ -14,6 +14,7 @@ from rich.console import Console
 from orchestrator.app import App
 from orchestrator.detect import detect_host, hardware_toml, profile_name
 from orchestrator.errors import OrchError, PreflightError, ProfileError
+from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import read_gguf, split_paths
 from orchestrator.newprofile import check_name, pick_port, propose, taken_ports, write_files
 from orchestrator.probe import missing_files, port_in_use
@@ -260,16 +261,19 @@ def cmd_new(args: argparse.Namespace, app: App, console: Console) -> int:
         raise PreflightError(f"--from-gguf: {gguf} is not a readable GGUF file: {exc}") from None
     bind_host = app.settings.default_bind_host
     port = pick_port(taken_ports(root / "models"), lambda p: port_in_use(bind_host, p))
-    proposal = propose(
-        name,
-        header,
-        gguf,
-        hardware=hardware,
-        hardware_name=hardware_name,
-        templates=app.templates,
-        port=port,
-        source=str(model_path),
-    )
+    try:
+        proposal = propose(
+            name,
+            header,
+            gguf,
+            hardware=hardware,
+            hardware_name=hardware_name,
+            templates=app.templates,
+            port=port,
+            source=str(model_path),
+        )
+    except GgufError as exc:
+        raise PreflightError(f"--from-gguf: {exc.path}: cannot size this model: {exc}") from None
     written = write_files(
         {arch_path: proposal.architecture_toml, model_path: proposal.profile_toml},
         force=args.force,

@@ -19,7 +19,7 @@ import psutil
 
 from orchestrator import health, instances
 from orchestrator.app import App, gpu_choices
-from orchestrator.engines import engine_caps
+from orchestrator.engines import adapter_for
 from orchestrator.errors import BudgetError, LaunchError, OrchError, PreflightError
 from orchestrator.gateway.admission import Candidate, Resident
 from orchestrator.gateway.config import ServeSettings
@@ -28,7 +28,6 @@ from orchestrator.lifecycle import Event, Lifecycle, UpOptions
 from orchestrator.plan import Plan, require_fit
 from orchestrator.probe import probe_gpus
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import LlamaEngine, VllmEngine
 from orchestrator.progress import LoadProgress
 from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.state import Record, StateStore
@@ -81,9 +80,7 @@ class Lease:
 def slots_of(plan: Plan) -> int:
     """Requests the engine serves at once: its parallel slots (vLLM: max_num_seqs)."""
     engine = plan.profile.engine
-    if isinstance(engine, VllmEngine):
-        return engine.max_num_seqs
-    return engine.parallel or engine_caps(engine.kind, engine.version).default_parallel
+    return adapter_for(engine).slots(engine)
 
 
 def need_of(plan: Plan) -> dict[str, int]:
@@ -355,9 +352,8 @@ class Pool:
             self.scheduler.release(grant.model, grant.generation, time.monotonic())
             return
         served.timings.setdefault("grant", time.monotonic())
-        upstream = (
-            instances.model_name(plan) if isinstance(plan.profile.engine, VllmEngine) else None
-        )
+        # an engine that checks the name (vLLM) gets the one it serves; llama-server takes any
+        upstream = instances.served_name(plan)
         future.set_result(
             Lease(
                 grant.rid,
@@ -568,4 +564,4 @@ def _load_error(exc: OrchError) -> tuple[int, str]:
     return 500, "load_failed"
 
 
-__all__ = ["GatewayError", "Lease", "LlamaEngine", "Pool"]
+__all__ = ["GatewayError", "Lease", "Pool"]

@@ -17,12 +17,14 @@ them. Plans always count them. The prompt cache (``--cache-ram``) is empty after
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.engines import LLAMA_SERVERS, LlamaCppAdapter
+from orchestrator.ggml_types import ggml_type
 from orchestrator.memory.breakdown import MIB
-from orchestrator.memory.gguf_arch import parse_llama_args
 from orchestrator.memory.llama import REPACK_AVX2, LlamaConfig, estimate_llama
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.schema import Architecture, Moe
@@ -32,6 +34,7 @@ from orchestrator.synthetic import (
     CPU_BENCH_DENSE,
     CPU_BENCH_DENSE_Q4,
     CPU_BENCH_MOE,
+    SPECS,
     SyntheticSpec,
     tensor_specs,
 )
@@ -96,6 +99,38 @@ def synthetic_tensors(spec: SyntheticSpec) -> list[Tensor]:
     ]
 
 
+IK_MIX = "ik-mix"
+"""The ik table's ik-typed model: SPECS["ik-moe"] through ik's llama-quantize (iq4_kss-mix)."""
+IK_MIX_TYPES: tuple[tuple[str, str], ...] = (
+    (r"_exps\.weight$", "iq4_kss"),
+    (r"\.attn_output\.weight$", "iq4_ks"),
+    (r"\.attn_[qkv]\.weight$", "q8_0"),
+    (r"^token_embd\.weight$", "iq4_k"),
+    (r"^output\.weight$", "q8_0"),
+)
+"""The types ik's quantizer gives each tensor under the iq4_kss-mix recipe (vectors and the
+router stay F32); tests/test_ik_llama.py checks them against a file it really wrote."""
+
+
+def ik_mix_tensors() -> list[Tensor]:
+    """The tensor table of the ik table's ``ik-mix`` model, without quantizing it."""
+    out = []
+    for t in tensor_specs(SPECS["ik-moe"]):
+        type_name = "f32"
+        if len(t.shape) > 1 and "ffn_gate_inp" not in t.name:
+            type_name = next(ty for pattern, ty in IK_MIX_TYPES if re.search(pattern, t.name))
+        out.append(Tensor(t.name, tuple(t.shape), type_name, ggml_type(type_name).nbytes(t.shape)))
+    return out
+
+
+def cpu_model(model: str) -> tuple[Architecture, list[Tensor]]:
+    """Architecture and tensor table of a CPU table's ``model`` column."""
+    if model == IK_MIX:
+        return synthetic_architecture(SPECS["ik-moe"]), ik_mix_tensors()
+    spec = CPU_MODELS[model]
+    return synthetic_architecture(spec), synthetic_tensors(spec)
+
+
 def read_table(table: Path) -> list[dict[str, str]]:
     """The rows of a committed table (``#`` lines are its header comment)."""
     lines = [ln for ln in table.read_text().splitlines() if ln and not ln.startswith("#")]
@@ -106,9 +141,8 @@ def h100_run(row: dict[str, str]) -> tuple[Architecture, list[Tensor], LlamaConf
     """The model and the memory model's configuration of one row of an H100 table."""
     spec = CALIBRATION_MOE if row["model"] == "moe" else CALIBRATION_DENSE
     arch = synthetic_architecture(spec)
-    args = [a for a in shlex.split(row["args"]) if a not in ("--fit", "off")]
-    cfg = parse_llama_args(
-        args,
+    cfg = LlamaCppAdapter().parse_args(
+        shlex.split(row["args"]),  # --fit off is a flag like any other
         gpus=("CUDA0",),
         gpu_vram_mib=(H100_VRAM_MIB,),
         cuda_context_mib=590,
@@ -142,19 +176,21 @@ def compare_h100(table: Path) -> list[Comparison]:
     return out
 
 
-def compare_cpu(table: Path) -> list[Comparison]:
+def compare_cpu(table: Path, engine: str = "llama.cpp") -> list[Comparison]:
     """Predict each committed CPU-only run and pair every figure with its measurement.
 
     Figures: host weights (every model buffer, ``CPU_REPACK`` included), KV, compute (the
     buffer llama.cpp logs), RSS after the request (the rule in this module's docstring), the
     RSS beyond the weight and KV buffers (process base, output buffer and, for a prompt that
     fills the context, compute and work buffers), and for ``mlock`` runs the locked bytes.
+    ``engine``: whose server the table measured (``benchmarks/data/cpu-ik-llama-server.csv``:
+    ``ik_llama.cpp``); its adapter reads the arguments as that server does.
     """
     out: list[Comparison] = []
+    adapter = LLAMA_SERVERS[engine]
     for row in read_table(table):
-        spec = CPU_MODELS[row["model"]]
-        arch = synthetic_architecture(spec)
-        cfg = parse_llama_args(
+        arch, tensors = cpu_model(row["model"])
+        cfg = adapter.parse_args(
             shlex.split(row["args"]),
             gpus=(),
             gpu_vram_mib=(),
@@ -162,7 +198,7 @@ def compare_cpu(table: Path) -> list[Comparison]:
             moe_layers=list(range(arch.n_layer)) if arch.moe else [],
             repack_types=REPACK_AVX2,  # measured on x86-64 with AVX2
         )
-        est = estimate_llama(arch, synthetic_tensors(spec), cfg)
+        est = estimate_llama(arch, tensors, cfg)
         cpu = est.devices["CPU"]
         resident_overhead = cpu.overhead - int(est.facts["prompt_cache"])
         work = int(est.facts.get("cpu_work_buffer", 0))

@@ -1,82 +1,124 @@
-"""Architecture facts from GGUF metadata, and a llama-server argv parsed into a LlamaConfig."""
+"""Architecture facts from GGUF metadata, checked: a bad value names its GGUF key."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.engines import canonical_flag, known_flags
-from orchestrator.errors import OrchError
-from orchestrator.ggml_types import KV_CACHE_TYPES
-from orchestrator.memory.llama import CPU, EXPERT_REGEX, LlamaConfig, n_cpu_moe_rules
+from pydantic import ValidationError
+
+from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.schema import Architecture, LinearAttention, Moe
 
 
-class ArgsError(OrchError):
-    """A llama-server argument orch cannot interpret."""
-
-    exit_code = 2
-
-
 def _scalar(value: Any) -> Any:
+    """A per-layer list (hybrid models) counts as its largest non-zero entry."""
     if isinstance(value, list):
         nonzero = [v for v in value if v]
         return max(nonzero) if nonzero else 0
     return value
 
 
+class _Meta:
+    """Integer reads of ``ARCH.KEY`` metadata that name the key when a value is unusable."""
+
+    def __init__(self, header: GgufHeader) -> None:
+        self.header = header
+        self.path = header.files[0]
+        arch = header.metadata.get("general.architecture")
+        if not isinstance(arch, str) or not arch:
+            self.arch = ""
+            raise self.error("general.architecture", f"missing or not a name ({arch!r})")
+        self.arch = arch
+
+    def error(self, key: str, problem: str) -> GgufError:
+        return GgufError(self.path, key, problem)
+
+    def integer(self, key: str, default: int | None = None, minimum: int = 0) -> int:
+        """``ARCH.KEY`` as an integer ≥ ``minimum``; ``default`` when absent (None: required)."""
+        full = f"{self.arch}.{key}"
+        raw = self.header.metadata.get(full)
+        if raw is None:
+            if default is None:
+                raise self.error(full, "missing (needed to size the model)")
+            return default
+        value = _scalar(raw)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(full, f"expected an integer, got {value!r}")
+        if value < minimum:
+            raise self.error(full, f"is {value}, must be at least {minimum}")
+        return value
+
+
 def architecture_from_gguf(header: GgufHeader) -> Architecture:
-    """Build architecture facts from a GGUF header (what ``orch new --from-gguf`` writes)."""
+    """Build architecture facts from a GGUF header (what ``orch new --from-gguf`` writes).
+
+    Raises GgufError naming the file and the key when a value the memory model needs is
+    missing, zero where it must not be, or not a number.
+    """
     meta = header.metadata
-    arch = str(meta.get("general.architecture", "llama"))
-
-    def get(key: str, default: Any = None) -> Any:
-        return _scalar(meta.get(f"{arch}.{key}", default))
-
-    n_embd = int(get("embedding_length"))
-    n_head = int(get("attention.head_count"))
-    head_dim = int(get("attention.key_length") or n_embd // n_head)
+    m = _Meta(header)
+    arch = m.arch
+    n_embd = m.integer("embedding_length", minimum=1)
+    n_head = m.integer("attention.head_count", minimum=1)
+    n_layer = m.integer("block_count", minimum=1)
+    head_dim = m.integer("attention.key_length", default=0) or n_embd // n_head
+    if head_dim < 1:
+        raise m.error(f"{arch}.attention.head_count", f"{n_head} heads exceed {n_embd} dimensions")
     tokens = meta.get("tokenizer.ggml.tokens")
     embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
     vocab = len(tokens) if isinstance(tokens, list) else (embd.shape[1] if embd else 0)
+    if vocab < 1:
+        raise m.error("tokenizer.ggml.tokens", "no vocabulary (and no token_embd.weight)")
     moe = None
-    if get("expert_count"):
+    if m.integer("expert_count", default=0):
         moe = Moe(
-            n_expert=int(get("expert_count")),
-            n_expert_used=int(get("expert_used_count") or 1),
-            n_ff_exp=int(get("expert_feed_forward_length") or get("feed_forward_length")),
-            n_ff_shexp=int(get("expert_shared_feed_forward_length") or 0),
+            n_expert=m.integer("expert_count"),
+            n_expert_used=m.integer("expert_used_count", default=0) or 1,
+            n_ff_exp=(
+                m.integer("expert_feed_forward_length", default=0)
+                or m.integer("feed_forward_length", minimum=1)
+            ),
+            n_ff_shexp=m.integer("expert_shared_feed_forward_length", default=0),
         )
     linear = None
-    if get("full_attention_interval"):
+    if m.integer("full_attention_interval", default=0):
+        rank = m.integer("ssm.time_step_rank", minimum=1)
         linear = LinearAttention(
-            full_attention_interval=int(get("full_attention_interval")),
-            n_key_heads=int(get("ssm.group_count")),
-            n_value_heads=int(get("ssm.time_step_rank")),
-            key_head_dim=int(get("ssm.state_size")),
-            value_head_dim=int(get("ssm.inner_size")) // int(get("ssm.time_step_rank")),
-            conv_kernel=int(get("ssm.conv_kernel") or 4),
+            full_attention_interval=m.integer("full_attention_interval"),
+            n_key_heads=m.integer("ssm.group_count", minimum=1),
+            n_value_heads=rank,
+            key_head_dim=m.integer("ssm.state_size", minimum=1),
+            value_head_dim=m.integer("ssm.inner_size", minimum=rank) // rank,
+            conv_kernel=m.integer("ssm.conv_kernel", default=0) or 4,
         )
     total = sum(t.nbytes for t in header.tensors)
     params = sum(_elements(t.shape) for t in header.tensors)
-    return Architecture(
-        description=str(meta.get("general.name", "")) or f"{arch} from GGUF ({total} bytes)",
-        gguf_arch=arch,
-        params_b=max(params / 1e9, 1e-6),
-        n_layer=int(get("block_count")),
-        n_embd=n_embd,
-        n_head=n_head,
-        n_head_kv=int(get("attention.head_count_kv") or n_head),
-        head_dim=head_dim,
-        n_ff=int(get("feed_forward_length") or 0) if moe is None else 0,
-        vocab=vocab,
-        ctx_train=int(get("context_length") or 4096),
-        tied_embeddings=not any(t.name == "output.weight" for t in header.tensors),
-        sliding_window=int(get("attention.sliding_window") or 0),
-        moe=moe,
-        linear_attention=linear,
-    )
+    name = meta.get("general.name")
+    try:
+        return Architecture(
+            description=(name if isinstance(name, str) and name else "")
+            or f"{arch} from GGUF ({total} bytes)",
+            gguf_arch=arch,
+            params_b=max(params / 1e9, 1e-6),
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=m.integer("attention.head_count_kv", default=0) or n_head,
+            head_dim=head_dim,
+            n_ff=m.integer("feed_forward_length", default=0) if moe is None else 0,
+            vocab=vocab,
+            ctx_train=m.integer("context_length", default=0) or 4096,
+            tied_embeddings=not any(t.name == "output.weight" for t in header.tensors),
+            sliding_window=m.integer("attention.sliding_window", default=0),
+            moe=moe,
+            linear_attention=linear,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise m.error(arch, f"not a model orch can size ({problems})") from None
 
 
 def _elements(shape: tuple[int, ...]) -> int:
@@ -84,154 +126,3 @@ def _elements(shape: tuple[int, ...]) -> int:
     for d in shape:
         out *= d
     return out
-
-
-_BOOL_FLAGS = {
-    "--cpu-moe",
-    "--kv-unified",
-    "--no-mmap",
-    "--mlock",
-    "--jinja",
-    "--metrics",
-    "--no-kv-unified",
-    "--grouped-expert-routing",
-    "--no-warmup",
-    "--verbose",
-    "--no-webui",
-    "--slots",
-    "--no-slots",
-    "--cont-batching",
-    "--no-cont-batching",
-    "--embedding",
-    "--reranking",
-    "--no-perf",
-    "--swa-full",
-    "--no-op-offload",
-    "--check-tensors",
-    "--mmap",
-    "--no-kv-offload",
-    "-nkvo",
-    "--repack",
-    "--no-repack",
-    "-nr",
-    "--no-host",
-}
-
-
-def parse_llama_args(
-    args: Sequence[str],
-    *,
-    gpus: tuple[str, ...],
-    gpu_vram_mib: tuple[int, ...],
-    cuda_context_mib: int,
-    moe_layers: list[int],
-    repack_types: tuple[str, ...] = (),
-) -> LlamaConfig:
-    """Interpret the memory-relevant flags of a llama-server command line.
-
-    ``repack_types``: the weight types this host's CPU backend repacks (``REPACK_AVX2`` on
-    x86-64); ``--no-repack`` turns repacking off.
-    """
-    known = known_flags("llama.cpp")
-    values: dict[str, str] = {}
-    flags: set[str] = set()
-    overrides: list[tuple[str, str]] = []
-    i = 0
-    while i < len(args):
-        raw = args[i]
-        name, eq, inline = raw.partition("=")
-        if not name.startswith("-"):
-            raise ArgsError(f"unexpected argument {raw!r} (llama-server takes no positionals)")
-        flag = canonical_flag(name)
-        if name not in known and flag not in known and name not in _BOOL_FLAGS:
-            raise ArgsError(f"{name} is not a llama-server flag")
-        if flag in _BOOL_FLAGS or name in _BOOL_FLAGS:
-            flags.add(flag)
-            if flag == "--cpu-moe":
-                overrides.append((EXPERT_REGEX, CPU))
-            i += 1
-            continue
-        if eq:
-            value = inline
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise ArgsError(f"{name} needs a value")
-            value = args[i + 1]
-            i += 2
-        if flag == "--override-tensor":
-            for rule in value.split(","):
-                pattern, sep, device = rule.partition("=")
-                if not sep:
-                    raise ArgsError(f"--override-tensor {rule!r}: expected PATTERN=DEVICE")
-                overrides.append((pattern, device))
-        elif flag == "--n-cpu-moe":
-            overrides.extend(n_cpu_moe_rules(int(value), moe_layers))
-        values[flag] = value
-
-    def number(flag: str, default: int) -> int:
-        try:
-            return int(values.get(flag, default))
-        except ValueError:
-            raise ArgsError(f"{flag}: expected an integer, got {values[flag]!r}") from None
-
-    for flag in ("--cache-type-k", "--cache-type-v"):
-        if flag in values and values[flag] not in KV_CACHE_TYPES:
-            raise ArgsError(f"{flag}: {values[flag]!r} is not one of {', '.join(KV_CACHE_TYPES)}")
-    ngl_raw = values.get("--n-gpu-layers", "-1")
-    ngl = -1 if ngl_raw in ("all", "auto", "-1") else int(ngl_raw)
-    # --load-mode mlock reads into locked host buffers without mmap (llama_model_loader's
-    # use_mmap is true only for auto, mmap and mmap+mlock); orch's "mlock" is mmap+mlock.
-    load_mode = {
-        "none": "no-mmap",
-        "dio": "no-mmap",
-        "mlock": "no-mmap",
-        "mmap+mlock": "mlock",
-    }.get(values.get("--load-mode", ""), "mmap")
-    if "--no-mmap" in flags:
-        load_mode = "no-mmap"
-    if "--mlock" in flags:
-        load_mode = "mlock"
-    split = (
-        tuple(float(x) for x in values["--tensor-split"].split(","))
-        if ("--tensor-split" in values)
-        else ()
-    )
-    # -np auto (the default) means 4 slots sharing one unified KV stream; -np N, one stream each.
-    parallel_raw = values.get("--parallel", "-1")
-    auto_parallel = parallel_raw in ("-1", "auto")
-    kv_unified = auto_parallel or "--kv-unified" in flags
-    if "--no-kv-unified" in flags:
-        kv_unified = False
-    if "--no-repack" in flags or "-nr" in flags:
-        repack_types = ()
-    if "--device" in values:  # the GPUs the engine may use; "none" keeps it off them all
-        names = [] if values["--device"] == "none" else values["--device"].split(",")
-        unknown = [n for n in names if n not in gpus]
-        if unknown:
-            raise ArgsError(
-                f"--device: {', '.join(unknown)} is not a GPU here ({', '.join(gpus) or 'none'})"
-            )
-        keep = [i for i, g in enumerate(gpus) if g in names]
-        gpus = tuple(gpus[i] for i in keep)
-        gpu_vram_mib = tuple(gpu_vram_mib[i] for i in keep)
-    return LlamaConfig(
-        ctx=number("--ctx-size", 0),
-        ubatch=number("--ubatch-size", 512),
-        batch=number("--batch-size", 2048),
-        gpu_layers=ngl,
-        overrides=tuple(overrides),
-        cache_type_k=values.get("--cache-type-k", "f16"),
-        cache_type_v=values.get("--cache-type-v", "f16"),
-        flash_attn=values.get("--flash-attn", "auto") != "off",
-        load_mode=load_mode,
-        parallel=4 if auto_parallel else max(number("--parallel", 4), 1),
-        tensor_split=split,
-        cache_ram_mib=number("--cache-ram", 8192),
-        gpus=gpus,
-        gpu_vram_mib=gpu_vram_mib,
-        cuda_context_mib=cuda_context_mib,
-        split_mode=values.get("--split-mode", "layer"),
-        kv_unified=kv_unified,
-        repack_types=repack_types,
-    )

@@ -85,6 +85,15 @@ class LlamaConfig:
     """ik_llama.cpp: flash attention converts a quantized K / V to F16 in the CUDA memory pool
     at run time (``launch_fattn``'s ``ggml_cuda_pool_alloc``), which grows with the context in
     use and never shrinks; upstream reserves that room in the compute buffer instead."""
+    residuals: int = 4
+    """n_embd-wide F32 activations of a ubatch live beside the largest phase (ik_llama.cpp: 2)."""
+    fused_moe: bool = False
+    """ik_llama.cpp's fused ``moe_up_gate``: one n_ff_exp-wide result per expert, not three."""
+    cpu_base_mib: int = CPU_ONLY_BASE_MIB
+    """RSS of a CPU-only server beside its buffers (measured: upstream ~20, ik_llama.cpp ~42)."""
+    kqv_work: bool = True
+    """The CPU backend converts the KQ scores to F16 for ``V x softmax(KQ)`` (upstream);
+    ik_llama.cpp's iqk_mul_mat multiplies them as they are and leaves the work buffer unused."""
     repack_types: tuple[str, ...] = ()
     """Weight types the CPU backend repacks (``REPACK_AVX2`` on x86-64). Only a CPU-only process
     repacks: with a GPU, its pinned host buffer takes the host weights. Empty: ``--no-repack``."""
@@ -245,14 +254,16 @@ def _compute_bytes(arch: Architecture, cfg: LlamaConfig, on_gpu_output: bool) ->
     n_ub = cfg.ubatch
     n_kv = ctx_per_stream(arch, cfg)
     mask = n_kv * n_ub * (F16 if cfg.flash_attn else F32)
-    residual = 4 * n_ub * arch.n_embd * F32
+    residual = cfg.residuals * n_ub * arch.n_embd * F32
     if cfg.flash_attn:
         attention = 0
     else:
         attention = arch.n_head * n_ub * n_kv * F32
     if arch.moe is not None:
         moe = arch.moe
-        ffn = 3 * n_ub * moe.n_expert_used * moe.n_ff_exp * F32
+        # up, gate and their product per routed expert (fused: the product only), then each
+        # expert's down projection before they are summed
+        ffn = (1 if cfg.fused_moe else 3) * n_ub * moe.n_expert_used * moe.n_ff_exp * F32
         ffn += n_ub * moe.n_expert_used * arch.n_embd * F32
     else:
         ffn = 3 * n_ub * arch.n_ff * F32
@@ -371,7 +382,7 @@ def cpu_work_bytes(arch: Architecture, cfg: LlamaConfig, rows: int | None = None
     (``n_head x rows x n_kv`` x 2 bytes). Everything else converts one activation row set.
     ``rows``: the largest batch the CPU computes itself (default: a whole ubatch).
     """
-    if cfg.flash_attn or cfg.cache_type_v.lower() == "f32":
+    if cfg.flash_attn or cfg.cache_type_v.lower() == "f32" or not cfg.kqv_work:
         return 0
     rows = cfg.ubatch if rows is None else rows
     return arch.n_head * rows * ctx_per_stream(arch, cfg) * F16
@@ -444,7 +455,9 @@ def estimate_llama(
             host_layers=host_layers,
         )
     if used_gpus:
-        compute[CPU] = 4 * n_ub * arch.n_embd * F32 + n_kv * n_ub * (F16 if cfg.flash_attn else F32)
+        compute[CPU] = cfg.residuals * n_ub * arch.n_embd * F32 + n_kv * n_ub * (
+            F16 if cfg.flash_attn else F32
+        )
         if host_matrices and not offload:  # small batches: the host computes its own layers
             compute[CPU] = max(
                 compute[CPU], _compute_bytes(arch, cfg, placement.output_device == CPU)
@@ -484,7 +497,7 @@ def estimate_llama(
     output_buffer = arch.vocab * F32 * max(cfg.parallel, 1)
     # Process baseline: the CUDA runtime's libraries and host state (~340 MiB on the H100 runs)
     # or, for a CPU-only process, just the server (~20 MiB measured here).
-    base = cfg.host_base_mib if used_gpus else CPU_ONLY_BASE_MIB
+    base = cfg.host_base_mib if used_gpus else cfg.cpu_base_mib
     devices[CPU] = DeviceMemory(
         weights=weights.get(CPU, 0),
         kv=kv.get(CPU, 0),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.ggml_types import ggml_type
+from orchestrator.memory.gguf_file import read_gguf_file
 from orchestrator.profiles.schema import Architecture
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
@@ -210,22 +211,19 @@ class GgufHeader:
 
 
 def read_gguf(first: Path) -> GgufHeader:
-    """Read metadata and tensor infos from every split file, without reading tensor data."""
-    from gguf import GGUFReader  # heavy import; only when a file is actually read
+    """Read metadata and tensor infos from every split file, without reading tensor data.
 
+    Raises GgufError (a ValueError naming the file and field) on anything it cannot read.
+    """
     metadata: dict[str, object] = {}
     tensors: list[Tensor] = []
     files = split_paths(first)
     for path in files:
-        reader = GGUFReader(str(path), "r")
-        for field in reader.fields.values():
-            if field.name.startswith("GGUF.") or field.name in metadata:
-                continue
-            metadata[field.name] = field.contents()
-        for info in reader.tensors:
-            type_name = info.tensor_type.name.lower()
-            shape = tuple(int(d) for d in info.shape)
-            tensors.append(Tensor(info.name, shape, type_name, int(info.n_bytes)))
+        header = read_gguf_file(path)
+        for key, value in header.metadata.items():
+            metadata.setdefault(key, value)
+        for info in header.tensors:
+            tensors.append(Tensor(info.name, info.shape, info.ggml_type.name, info.nbytes))
     return GgufHeader(metadata, tuple(tensors), tuple(files))
 
 

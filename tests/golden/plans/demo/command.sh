@@ -6,7 +6,7 @@ llama-server \
   --threads 2 \
   --batch-size 512 \
   --ubatch-size 128 \
-  --n-gpu-layers 0 \
+  --gpu-layers 0 \
   --parallel 1 \
   --cache-ram 0 \
   --metrics

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-gpu \
   --label orch.profile=qwen3-coder-next-iq4nl-gpu \
-  --label orch.plan=7ca80fed40c2a85e \
+  --label orch.plan=d63d759b4c93c50a \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -19,7 +19,7 @@ podman run \
   --threads-batch 23 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 99 \
+  --gpu-layers 99 \
   --flash-attn on \
   --no-mmap \
   --metrics

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-hybrid \
   --label orch.profile=qwen3-coder-next-iq4nl-hybrid \
-  --label orch.plan=48cd9bd8ba31c9fc \
+  --label orch.plan=1815d603687b9945 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -19,7 +19,7 @@ podman run \
   --threads-batch 23 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 99 \
+  --gpu-layers 99 \
   --override-tensor exps=CPU \
   --flash-attn on \
   --no-mmap \

@@ -7,8 +7,8 @@
   --threads 24 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 999 \
-  --override-tensor 'blk\.(0|1|2|3|4|5|6|7|8|9|10|11|12|13|14|15|16|17|18|19|20|21|22|23|24|25|26)\.ffn_(up|down|gate|gate_up)_(ch|)exps=CUDA0,blk\.(31|32|33|34|35|36|37|38|39|40|41|42|43|44|45|46|47|48|49|50|51|52|53|54|55|56|57)\.ffn_(up|down|gate|gate_up)_(ch|)exps=CUDA1' \
+  --gpu-layers 999 \
+  --override-tensor 'blk\.(0|1|2|3|4|5|6|7|8|9|10|11|12|13|14|15|16|17|18|19|20|21|22|23|24|25|26)\.ffn_(up|down|gate|gate_up)_(ch|)exps=CUDA0,blk\.(31|32|33|34|35|36|37|38|39|40|41|42|43|44|45|46|47|48|49|50|51|52|53|54|55|56|57|58)\.ffn_(up|down|gate|gate_up)_(ch|)exps=CUDA1' \
   --cpu-moe \
   --cache-type-k q8_0 \
   --cache-type-v q8_0 \

@@ -7,7 +7,7 @@
   --threads 24 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 999 \
+  --gpu-layers 999 \
   --override-tensor 'blk\.(0|1|2|3|4|5|6|7|8|9|10|11|12)\.ffn_(gate|up|down)_exps.*=CUDA0,blk\.(47|48|49|50|51|52|53|54|55|56|57|58|59|60)\.ffn_(gate|up|down)_exps.*=CUDA1' \
   --cpu-moe \
   --cache-type-k q8_0 \

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4-auto \
   --label orch.profile=qwen35-397b-iq4-auto \
-  --label orch.plan=81fe15a2be2b290e \
+  --label orch.plan=b81d5f366106ca94 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8002:8080 \
@@ -19,7 +19,7 @@ podman run \
   --threads-batch 24 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 999 \
+  --gpu-layers 999 \
   --n-cpu-moe 36 \
   --flash-attn on \
   --no-mmap \

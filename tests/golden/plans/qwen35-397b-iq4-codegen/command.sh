@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4-codegen \
   --label orch.profile=qwen35-397b-iq4-codegen \
-  --label orch.plan=da70833d7a0d57cb \
+  --label orch.plan=cc21f69e593f6e1c \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -19,11 +19,11 @@ podman run \
   --threads-batch 26 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 99 \
+  --gpu-layers 99 \
   --cpu-moe \
   --flash-attn on \
   --no-mmap \
-  -ger \
+  --grouped-expert-routing \
   --metrics \
   --temp 0.7 \
   --repeat-penalty 1.2 \

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4 \
   --label orch.profile=qwen35-397b-iq4 \
-  --label orch.plan=7f9333fb607d46f8 \
+  --label orch.plan=4ab0c798997f6753 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -19,7 +19,7 @@ podman run \
   --threads-batch 24 \
   --batch-size 2048 \
   --ubatch-size 2048 \
-  --n-gpu-layers 99 \
+  --gpu-layers 99 \
   --cpu-moe \
   --flash-attn on \
   --no-mmap \

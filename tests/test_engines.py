@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
 from orchestrator.engines import (
     ADAPTERS,
+    FUSED_GDN_SINCE_BUILD,
+    ArgsError,
     IkLlamaCppAdapter,
     LlamaCppAdapter,
+    OffGpu,
     VllmAdapter,
     adapter_for,
     adapter_for_kind,
     llama_adapter,
 )
-from orchestrator.profiles.loader import Catalog
+from orchestrator.profiles.loader import Catalog, ResolvedProfile
+from orchestrator.profiles.schema import OverrideTensor, VllmEngine
+from orchestrator.search import with_engine
 from tests.conftest import PROFILES, REPO
 
 
@@ -128,3 +134,96 @@ def test_the_branch_check_covers_the_new_modules() -> None:
         "orchestrator/cli/lifecycle.py",
     ):
         assert module in walked and not module.startswith(MAY_BRANCH)
+
+
+# ---------------------------------------------------------------- what the merged modules ask
+
+
+def _with(name: str, hardware: str | None = None, **engine: object) -> ResolvedProfile:
+    return with_engine(Catalog(PROFILES).load(name, hardware), **engine)
+
+
+def test_off_gpu_is_the_engines_own_way() -> None:
+    upstream = _with("qwen3-coder-next-iq4nl-gpu", kind="llama.cpp", gpu_layers=0)
+    ik = _with("qwen3-coder-next-iq4nl-gpu", kind="ik_llama.cpp", gpu_layers=0)
+    for resolved in (upstream, ik):
+        assert adapter_for(resolved.profile.engine).stays_off_gpu(resolved.profile.engine)
+    assert adapter_for(upstream.profile.engine).off_gpu(upstream.profile.engine) == OffGpu(
+        device="none"
+    )
+    assert adapter_for(ik.profile.engine).off_gpu(ik.profile.engine) == OffGpu(
+        env=(("CUDA_VISIBLE_DEVICES", ""),)
+    )
+    # a rule to a GPU, or layers on one: the engine needs the GPU
+    on_gpu = _with(
+        "qwen3-coder-next-iq4nl-gpu",
+        gpu_layers=0,
+        override_tensors=(OverrideTensor(pattern="output", device="CUDA0"),),
+    )
+    for resolved in (on_gpu, _with("qwen3-coder-next-iq4nl-gpu")):
+        assert adapter_for(resolved.profile.engine).off_gpu(resolved.profile.engine) is None
+    vllm = Catalog(PROFILES).load("llama4-scout-nvfp4").profile.engine
+    assert adapter_for(vllm).off_gpu(vllm) is None
+
+
+def test_memory_config_sizes_an_off_gpu_profile_on_no_gpu() -> None:
+    gpus = [("CUDA0", 97887)]
+    for kind, pool in (("llama.cpp", False), ("ik_llama.cpp", True)):
+        resolved = _with("qwen3-coder-next-iq4nl-gpu", kind=kind)
+        adapter = llama_adapter(resolved.profile.engine)
+        cfg = adapter.config_for(resolved, gpus)
+        assert cfg.gpus == ("CUDA0",) and cfg.fa_f16_pool is pool
+        off = with_engine(resolved, gpu_layers=0)
+        assert adapter.config_for(off, gpus).gpus == ()
+
+
+def test_slots_and_request_tokens() -> None:
+    catalog = Catalog(PROFILES)
+    vllm = catalog.load("llama4-scout-nvfp4").profile.engine
+    assert isinstance(vllm, VllmEngine)
+    assert adapter_for(vllm).slots(vllm) == vllm.max_num_seqs
+    assert adapter_for(vllm).request_tokens(vllm) == vllm.max_model_len
+    demo = catalog.load("demo")
+    cases: list[tuple[dict[str, Any], int, int]] = [
+        ({"kind": "llama.cpp", "parallel": None}, 4, 2048),  # auto: 4 slots, one stream
+        ({"kind": "ik_llama.cpp", "parallel": None}, 1, 2048),
+        ({"kind": "llama.cpp", "parallel": 4, "kv_unified": False}, 4, 512),
+        ({"kind": "llama.cpp", "parallel": 4, "kv_unified": True}, 4, 2048),
+    ]
+    for settings, slots, tokens in cases:
+        engine = with_engine(demo, **settings).profile.engine
+        assert adapter_for(engine).slots(engine) == slots, settings
+        assert adapter_for(engine).request_tokens(engine) == tokens, settings
+
+
+def test_graph_caps_the_speed_model_reads() -> None:
+    upstream, ik = LlamaCppAdapter(), IkLlamaCppAdapter()
+    assert not upstream.caps(f"b{FUSED_GDN_SINCE_BUILD - 1}").fused_gated_delta_net
+    assert upstream.caps(f"b{FUSED_GDN_SINCE_BUILD}").fused_gated_delta_net
+    assert upstream.caps("latest").fused_gated_delta_net
+    assert ik.caps("latest").fused_gated_delta_net and ik.caps("latest").fused_moe
+    assert not upstream.caps("latest").fused_moe
+    assert upstream.caps("latest").device_none and not ik.caps("latest").device_none
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus"),
+    [("none", ()), ("CUDA1", ("CUDA1",)), ("CUDA0,CUDA1", ("CUDA0", "CUDA1"))],
+)
+def test_parse_args_keeps_the_devices_named(device: str, gpus: tuple[str, ...]) -> None:
+    cfg = LlamaCppAdapter().parse_args(
+        ["-c", "4096", "--device", device],
+        gpus=("CUDA0", "CUDA1"),
+        gpu_vram_mib=(1000, 2000),
+        cuda_context_mib=590,
+        moe_layers=[],
+    )
+    assert cfg.gpus == gpus
+    assert cfg.gpu_vram_mib == tuple({"CUDA0": 1000, "CUDA1": 2000}[g] for g in gpus)
+
+
+def test_parse_args_refuses_a_device_that_is_not_here() -> None:
+    with pytest.raises(ArgsError, match=r"--device: CUDA7 is not a GPU here \(CUDA0\)"):
+        LlamaCppAdapter().parse_args(
+            ["-dev", "CUDA7"], gpus=("CUDA0",), gpu_vram_mib=(1,), cuda_context_mib=0, moe_layers=[]
+        )

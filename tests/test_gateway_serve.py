@@ -346,7 +346,8 @@ def test_queue_full_is_429_with_retry_after(
     orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
 ) -> None:
     (orch_env.profiles / "hardware" / "tiny-ram.toml").write_text(TINY_RAM)
-    ports = {"a": _profile(orch_env, "a", llama_server_binary, tiny_gguf)}
+    # 4K ctx: room for the 2,000 tokens each request generates (about a second here)
+    ports = {"a": _profile(orch_env, "a", llama_server_binary, tiny_gguf, ctx=4096)}
     config = orch_env.root / "orch.toml"
     config.write_text("[serve]\nqueue_limit = 1\nretry_after_s = 3\n")
     orch_env.env["ORCH_CONFIG"] = str(config)
@@ -377,8 +378,8 @@ def test_queue_full_is_429_with_retry_after(
                 assert time.monotonic() < deadline, gw.status()
                 time.sleep(0.01)
 
-        # the next request goes only once the one before runs (then waits): a fixed pause
-        # let the first finish its ~0.3 s before the third arrived on an idle machine
+        # the next request goes only once the one before runs (then waits): with a fixed pause
+        # and 512 ctx, the first finished before the third arrived on an idle machine
         threads = [threading.Thread(target=one) for _ in range(3)]
         threads[0].start()
         wait_until(lambda m: m["in_flight"] == 1)

@@ -11,6 +11,7 @@ import jinja2
 from orchestrator.errors import PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.tensors import GgufHeader, read_gguf, split_paths
+from orchestrator.names import require_profile_name
 from orchestrator.plan import Plan, build_plan
 from orchestrator.probe import HostState, missing_files, port_in_use
 from orchestrator.profiles.loader import Catalog, ResolvedProfile
@@ -28,7 +29,7 @@ class App:
     @property
     def catalog(self) -> Catalog:
         """The profiles tree."""
-        return Catalog(self.settings.profiles_dir)
+        return Catalog(self.settings.profile_folders())
 
     @cached_property
     def templates(self) -> jinja2.Environment:
@@ -41,13 +42,12 @@ class App:
 
     def resolve(self, name: str, hardware: str | None = None) -> ResolvedProfile:
         """Load a profile by name, with a clear error listing the available ones."""
+        require_profile_name(name, "orch", "profile")
         catalog = self.catalog
         if name not in catalog.model_names():
             available = ", ".join(catalog.model_names()) or "none"
-            raise ProfileError(
-                str(self.settings.profiles_dir / "models"),
-                [f"no profile {name!r} (available: {available})"],
-            )
+            folders = ", ".join(str(root / "models") for root in catalog.roots)
+            raise ProfileError(folders, [f"no profile {name!r} (available: {available})"])
         return catalog.load(name, hardware)
 
     def plan(self, name: str, *, read_header: bool, hardware: str | None = None) -> Plan:

@@ -75,7 +75,7 @@ def test_up_status_bench_down(
 
     status = orch_env.run("status", "t", "--json")
     assert status.returncode == 0, status.stderr
-    data = json.loads(status.stdout)
+    (data,) = json.loads(status.stdout)
     assert data["state"] == "running" and data["pid"] == pid and data["port"] == port
     assert data["figures"]["tokens_predicted_total"] >= 16
     assert data["figures"]["slots_total"] == 1
@@ -105,6 +105,13 @@ def test_up_status_bench_down(
     _nothing_left(orch_env, "t", pid)
     gone = orch_env.run("status", "t")
     assert gone.returncode == 6 and "not running" in gone.stderr
+    # stopping what is stopped succeeds, as `systemctl stop` does (`make down` twice)
+    again = orch_env.run("down", "t")
+    assert (again.returncode, again.stdout, again.stderr) == (
+        0,
+        "t: not running; nothing to stop\n",
+        "",
+    )
 
 
 def test_changed_profile_needs_replace(
@@ -324,7 +331,7 @@ def test_fake_vllm_up_and_down(orch_env: OrchEnv) -> None:
     assert "warm-up 2:" in up.stdout and "[wall-clock]" in up.stdout
     assert took >= 1.0  # the fake refuses connections for 1 s
     print(f"\n[measured] fake vLLM up: {took:.2f} s")
-    status = json.loads(orch_env.run("status", "v", "--json").stdout)
+    (status,) = json.loads(orch_env.run("status", "v", "--json").stdout)
     assert status["state"] == "running" and status["engine"] == "vllm"
     down = orch_env.run("down", "v")
     assert down.returncode == 0, down.stderr

@@ -7,7 +7,7 @@ LLAMA_SERVER_LINK := .venv/bin/llama-server
 DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 
-.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory clean
+.PHONY: setup system venv llama-server image demo-model vllm-argparser demo down check lint types test test-fast fmt golden bench-plan bench-memory clean
 
 setup: system venv llama-server demo-model image
 
@@ -54,6 +54,10 @@ types: venv
 
 test: setup vllm-argparser
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q
+
+# Quick iteration: no real engines or podman, no vLLM parser, no wheel install (CI runs all).
+test-fast: venv
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q -m "not engine and not vllm_parser and not install"
 
 fmt: venv
 	.venv/bin/ruff format orchestrator tests benchmarks

@@ -29,6 +29,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+ENGINE_FIXTURES = frozenset({"llama_server_binary", "podman_image"})
+"""Fixtures that bring up a real engine or podman: tests using them are marked ``engine``."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what `make test-fast` leaves out: real engines and podman, vLLM's parser."""
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+        if item.path.name == "test_vllm_args.py":
+            item.add_marker(pytest.mark.vllm_parser)
+
+
 @pytest.fixture(autouse=True)
 def _no_user_settings(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -8,7 +8,11 @@ SIGTERM, or when the engine stops.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -184,3 +188,50 @@ def test_follow_container_logs(orch_env: OrchEnv, podman_image: str, tiny_gguf: 
     while _podman_services(orch_env.state) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _podman_services(orch_env.state) == []
+
+
+def test_ctrl_c_ends_a_follow_even_when_sigint_was_ignored(tmp_path: Path) -> None:
+    """A non-interactive shell starts background jobs with SIGINT ignored (`make check &`).
+
+    The follower resets it, so the user's Ctrl-C (here: SIGINT) still ends the follow, and
+    this test does not depend on the disposition pytest itself inherited.
+    """
+    engine = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    try:
+        state = tmp_path / "state"
+        (state / "run").mkdir(parents=True)
+        (state / "logs").mkdir()
+        (state / "logs" / "bg.log").write_text("one\ntwo\nthree\n")
+        record = {
+            "name": "bg",
+            "runtime": "process",
+            "plan_hash": "0123456789ab",
+            "endpoint": "http://127.0.0.1:9",
+            "port": 9,
+            "started_at": time.time(),
+            "log_path": str(state / "logs" / "bg.log"),
+            "pid": engine.pid,
+            "pid_create_time": psutil.Process(engine.pid).create_time(),
+        }
+        (state / "run" / "bg.json").write_text(json.dumps(record))
+        env = {**os.environ, "ORCH_STATE_DIR": str(state)}
+        for disposition in (signal.SIG_IGN, signal.SIG_DFL):
+            follower = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "logs", "bg", "-f", "-n", "2"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                preexec_fn=lambda d=disposition: signal.signal(signal.SIGINT, d),  # type: ignore[misc]
+            )
+            assert follower.stdout is not None
+            assert [follower.stdout.readline() for _ in range(2)] == ["two\n", "three\n"]
+            follower.send_signal(signal.SIGINT)
+            assert follower.wait(timeout=15) == 0
+            assert follower.stderr is not None and follower.stderr.read() == ""
+        assert engine.poll() is None  # following never touches the engine
+    finally:
+        engine.kill()
+        engine.wait()

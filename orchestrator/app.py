@@ -106,9 +106,14 @@ def model_path(resolved: ResolvedProfile) -> Path:
     return Path(resolved.profile.model.path).expanduser()
 
 
-def live_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
-    """What stops this plan on this machine now: files, port, free memory."""
-    return file_problems(resolved) + resource_problems(plan, resolved, host)
+def live_problems(
+    plan: Plan, resolved: ResolvedProfile, host: HostState, *, own_port: int | None = None
+) -> list[str]:
+    """What stops this plan on this machine now: files, port, free memory.
+
+    ``own_port``: the port this profile's own running instance holds, which is no problem.
+    """
+    return file_problems(resolved) + resource_problems(plan, resolved, host, own_port=own_port)
 
 
 def file_problems(resolved: ResolvedProfile) -> list[str]:
@@ -122,10 +127,12 @@ def file_problems(resolved: ResolvedProfile) -> list[str]:
     ]
 
 
-def resource_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
+def resource_problems(
+    plan: Plan, resolved: ResolvedProfile, host: HostState, *, own_port: int | None = None
+) -> list[str]:
     """The port and the free memory: what a running instance may be holding."""
     problems: list[str] = []
-    if port_in_use(plan.host, plan.port):
+    if plan.port != own_port and port_in_use(plan.host, plan.port):
         problems.append(
             f"port {plan.host}:{plan.port} is already in use (publish.port in {resolved.source})"
         )

@@ -496,6 +496,17 @@ class Lifecycle:
             on_check(health.probe(plan.endpoint, plan.profile.health.path))
             yield
 
+    def running(self, name: str) -> tuple[Record, Handle] | None:
+        """``name``'s instance when one runs that orch provably started (else None)."""
+        try:
+            record = self.store.load(name)
+        except CorruptRecord:
+            return None
+        if record is None:
+            return None
+        handle = self.runtimes.attach(record)
+        return (record, handle) if handle.alive() else None
+
     def state_of(self, record: Record, key: str | None) -> dict[str, Any]:
         """A record's live state, as ``orch status --json`` shows it."""
         handle = self.runtimes.attach(record)

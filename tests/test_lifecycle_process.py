@@ -121,6 +121,15 @@ def test_changed_profile_needs_replace(
     orch_env.llama_profile("t", model=tiny_gguf, binary=llama_server_binary, port=port, warmup=0)
     assert orch_env.run("up", "t").returncode == 0
     old_pid = int(str(orch_env.record("t")["pid"]))  # type: ignore[index]
+    running = f"t is running (pid {old_pid}, started by orch up) at http://127.0.0.1:{port} with"
+    # `orch plan` right after `orch up`: its own instance holds the port, which is no problem
+    same = orch_env.run("plan", "t")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert f"  note: {running} this plan (" in same.stdout
+    assert "`orch up t` leaves it as it is" in same.stdout
+    assert "cannot start here" not in same.stdout and "already in use" not in same.stdout
+    (data,) = [json.loads(orch_env.run("plan", "t", "--json").stdout)]
+    assert data["live_problems"] == [] and data["running"]["plan_matches"] is True
     orch_env.llama_profile(
         "t",
         model=tiny_gguf,
@@ -129,6 +138,10 @@ def test_changed_profile_needs_replace(
         warmup=0,
         extra_args=("--temp", "0.5"),
     )
+    differs = orch_env.run("plan", "t")
+    assert differs.returncode == 0, differs.stdout + differs.stderr
+    assert f"  note: {running} a different plan (" in differs.stdout
+    assert "`orch up --replace t` restarts it with this one" in differs.stdout
     refused = orch_env.run("up", "t")
     assert refused.returncode == 4 and "--replace" in refused.stderr
     replaced = orch_env.run("up", "t", "--replace")

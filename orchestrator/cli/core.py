@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -19,8 +21,13 @@ from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_ar
 from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
-from orchestrator.probe import probe_host
+from orchestrator.probe import HostState, probe_host
 from orchestrator.profiles.schema import VllmEngine
+
+if TYPE_CHECKING:
+    from orchestrator.instances import MemoryInUse
+    from orchestrator.runtime import Handle
+    from orchestrator.state import Record
 
 
 def register(commands: Any) -> None:
@@ -157,7 +164,9 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
 
-def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
+def _print_plan(
+    console: Console, plan: Plan, problems: list[str], notes: list[str] | None = None
+) -> None:
     console.print(f"[bold]{plan.name}[/bold]  ({plan.source})")
     desc = plan.profile.description
     if desc:
@@ -182,6 +191,8 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
         console.print("  [bold red]does not fit[/bold red]")
         for suggestion in plan.suggestions:
             console.print(f"  would fit with: {suggestion}", markup=False)
+    for note in notes or []:
+        console.print(f"  note: {note}", markup=False)
     for problem in problems:
         console.print(f"  [red]cannot start here:[/red] {problem}")
     console.print()
@@ -197,36 +208,112 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     host = None if args.dry_run else probe_host()
     results: list[dict[str, Any]] = []
     worst = 0
-    for name in names:
-        resolved = app.resolve(name, args.hardware)
-        if args.placement == "auto":
-            if isinstance(resolved.profile.engine, VllmEngine):
-                Console(stderr=True).print(
-                    f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
-                    "by tensor_parallel_size, so this plan is unchanged",
-                    markup=False,
-                )
-            resolved = as_auto(resolved)
-        plan = app.plan_for(resolved, read_header=not args.dry_run)
-        problems: list[str] = []
-        if host is not None:
-            problems = live_problems(plan, resolved, host)
-        if not plan.fits:
-            worst = max(worst, BudgetError.exit_code)
-        if problems:
-            worst = max(worst, PreflightError.exit_code)
-        if args.json:
-            data = plan.to_json()
-            data["live_problems"] = problems
-            data["dry_run"] = bool(args.dry_run)
-            results.append(data)
-        else:
-            _print_plan(console, plan, problems)
+    stack = contextlib.ExitStack()  # a podman connection, if a running instance needs one
+    with stack:
+        for name in names:
+            code, plan = _plan_one(args, app, console, name, host, stack, results)
+            worst = max(worst, code)
     if args.json:
         console.print_json(json.dumps(results if len(results) != 1 else results[0]))
     if worst == BudgetError.exit_code and len(names) == 1:
         require_fit(plan)  # one profile: say why on stderr too, with the suggestions
     return worst
+
+
+def _plan_one(
+    args: argparse.Namespace,
+    app: App,
+    console: Console,
+    name: str,
+    host: HostState | None,
+    stack: contextlib.ExitStack,
+    results: list[dict[str, Any]],
+) -> tuple[int, Plan]:
+    """Plan ``name``, print it (or add its JSON to ``results``); its exit code and plan."""
+    worst = 0
+    resolved = app.resolve(name, args.hardware)
+    if args.placement == "auto":
+        if isinstance(resolved.profile.engine, VllmEngine):
+            Console(stderr=True).print(
+                f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
+                "by tensor_parallel_size, so this plan is unchanged",
+                markup=False,
+            )
+        resolved = as_auto(resolved)
+    plan = app.plan_for(resolved, read_header=not args.dry_run)
+    problems: list[str] = []
+    notes: list[str] = []
+    running: dict[str, Any] | None = None
+    if host is not None:
+        own = _own_instance(app, name, stack)
+        own_port = None
+        if own is not None:
+            record, handle, in_use = own
+            own_port = record.port
+            host = _freed(host, in_use)  # replacing it would free what it holds
+            running = {
+                "what": handle.describe(),
+                "endpoint": record.endpoint,
+                "plan_hash": record.plan_hash,
+                "plan_matches": record.plan_hash == plan.plan_hash,
+                "started_by": "orch serve" if record.gateway_pid else "orch up",
+            }
+            notes.append(_running_note(plan, running))
+        problems = live_problems(plan, resolved, host, own_port=own_port)
+    if not plan.fits:
+        worst = max(worst, BudgetError.exit_code)
+    if problems:
+        worst = max(worst, PreflightError.exit_code)
+    if args.json:
+        data = plan.to_json()
+        data["live_problems"] = problems
+        data["dry_run"] = bool(args.dry_run)
+        if not args.dry_run:
+            data["running"] = running
+        results.append(data)
+    else:
+        _print_plan(console, plan, problems, notes)
+    return worst, plan
+
+
+def _own_instance(
+    app: App, name: str, stack: contextlib.ExitStack
+) -> tuple[Record, Handle, MemoryInUse] | None:
+    """This profile's running instance (one orch provably started) and what it holds."""
+    from orchestrator import instances
+    from orchestrator.lifecycle import Lifecycle
+    from orchestrator.state import StateStore
+
+    life = Lifecycle(
+        app, StateStore(app.settings.state_dir), instances.Runtimes(app.settings, stack)
+    )
+    found = life.running(name)
+    if found is None:
+        return None
+    record, handle = found
+    return record, handle, instances.memory_in_use(handle.pids())
+
+
+def _freed(host: HostState, in_use: MemoryInUse) -> HostState:
+    gpus = tuple(
+        replace(g, free_mib=g.free_mib + in_use.gpu_bytes.get(g.index, 0) // MIB) for g in host.gpus
+    )
+    return replace(host, ram_available_bytes=host.ram_available_bytes + in_use.rss_bytes, gpus=gpus)
+
+
+def _running_note(plan: Plan, running: dict[str, Any]) -> str:
+    where = f"{plan.name} is running ({running['what']}, started by {running['started_by']}) at "
+    where += running["endpoint"]
+    if running["plan_matches"]:
+        return (
+            f"{where} with this plan ({plan.plan_hash}): `orch up {plan.name}` leaves it as it is; "
+            "its port and memory count as available here"
+        )
+    return (
+        f"{where} with a different plan ({running['plan_hash']}; this one is {plan.plan_hash}): "
+        f"`orch up --replace {plan.name}` restarts it with this one; its port and memory count "
+        "as available here"
+    )
 
 
 # ---------------------------------------------------------------- estimate

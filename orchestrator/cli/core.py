@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
+from orchestrator.cli.tables import print_memory
+from orchestrator.engines import canonical_flag
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
-from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
-from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
+from orchestrator.memory.breakdown import GIB, MIB
+from orchestrator.memory.gguf_arch import ArgsError, architecture_from_gguf, parse_llama_args
 from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
@@ -120,26 +121,6 @@ def cmd_validate(args: argparse.Namespace, app: App, console: Console) -> int:
 # ---------------------------------------------------------------- plan
 
 
-def _memory_table(title: str, memory: MemoryEstimate, plan: Plan | None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("device", "weights", "kv", "compute", "overhead", "total", "budget", "fits"):
-        table.add_column(column, justify="left" if column == "device" else "right")
-    caps = {b.device: b for b in plan.budget} if plan else {}
-    for device, mem in memory.devices.items():
-        budget = caps.get(device)
-        table.add_row(
-            device,
-            _gib(mem.weights),
-            _gib(mem.kv),
-            _gib(mem.compute),
-            _gib(mem.overhead),
-            _gib(mem.total),
-            _gib(budget.capacity) if budget else "-",
-            ("yes" if budget.fits else f"NO (+{budget.over_by / GIB:.2f})") if budget else "-",
-        )
-    return table
-
-
 def _print_placement(console: Console, auto: AutoPlacement) -> None:
     console.print(
         "  placement auto: strategies considered (est. decode tok/s from the hardware's "
@@ -180,7 +161,7 @@ def _print_plan(
     console.print()
     console.print(plan.display(), markup=False)
     console.print()
-    console.print(_memory_table("memory", plan.memory, plan))
+    print_memory(console, "memory", plan.memory, plan.budget)
     for note in plan.memory.notes:
         console.print(f"  note: {note}", markup=False)
     if plan.placement is not None:
@@ -341,30 +322,81 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         context_mib = hardware.budget.cuda_context_mib
     moe_layers = [i for i in range(arch.n_layer) if arch.is_moe_layer(i)]
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    cfg = parse_llama_args(
-        server_args,
-        gpus=gpus,
-        gpu_vram_mib=vram,
-        cuda_context_mib=context_mib,
-        moe_layers=moe_layers,
-        # a CPU-only llama-server on x86-64 repacks some weight types into a second buffer
-        repack_types=REPACK_AVX2 if x86 and not gpus else (),
-    )
+    try:
+        cfg = parse_llama_args(
+            server_args,
+            gpus=gpus,
+            gpu_vram_mib=vram,
+            cuda_context_mib=context_mib,
+            moe_layers=moe_layers,
+            # a CPU-only llama-server on x86-64 repacks some weight types into a second buffer
+            repack_types=REPACK_AVX2 if x86 and not gpus else (),
+        )
+    except ValueError as exc:  # a number that is not one (`-ngl abc`)
+        raise ArgsError(f"orch estimate: llama-server arguments: {exc}") from None
     memory = estimate_llama(arch, list(header.tensors), cfg)
-    if args.json:
-        console.print_json(json.dumps(memory.to_json()))
-        return 0
-    console.print(
-        f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
-        f"in {len(header.files)} file(s)",
-        markup=False,
-    )
     plan_budget = budgets(memory, hardware) if hardware else ()
-    table = _memory_table("estimate", memory, None)
-    console.print(table)
-    for b in plan_budget:
-        if not b.fits:
-            console.print(f"  {b.device}: over budget by {b.over_by / GIB:.2f} GiB", markup=False)
-    for note in memory.notes:
-        console.print(f"  note: {note}", markup=False)
+    notes = list(memory.notes)
+    unused = gpu_flags(server_args) if hardware is None else []
+    if unused:
+        notes.insert(
+            0,
+            f"no GPU assumed (no --hardware): {', '.join(unused)} had no effect, everything "
+            "is counted on the CPU; pass --hardware NAME to use its GPUs",
+        )
+    if args.json:
+        data = memory.to_json()
+        data["notes"] = notes
+        data["budget"] = [
+            {"device": b.device, "need": b.need, "capacity": b.capacity, "fits": b.fits}
+            for b in plan_budget
+        ]
+        console.print_json(json.dumps(data))
+    else:
+        console.print(
+            f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
+            f"in {len(header.files)} file(s)",
+            markup=False,
+        )
+        print_memory(console, "estimate", memory, plan_budget)
+        for note in notes:
+            console.print(f"  note: {note}", markup=False)
+    over = [b for b in plan_budget if not b.fits]
+    if over:
+        raise BudgetError(
+            f"{path}: does not fit hardware {args.hardware}:\n  "
+            + "\n  ".join(
+                f"{b.device}: needs {b.need / GIB:.2f} GiB, budget {b.capacity / GIB:.2f} GiB "
+                f"(over by {b.over_by / GIB:.2f} GiB)"
+                for b in over
+            )
+        )
     return 0
+
+
+GPU_FLAGS = frozenset(
+    {
+        "--n-gpu-layers",
+        "--tensor-split",
+        "--main-gpu",
+        "--split-mode",
+        "--device",
+        "--cpu-moe",
+        "--n-cpu-moe",
+    }
+)
+"""llama-server flags that only mean something with a GPU."""
+
+
+def gpu_flags(server_args: list[str]) -> list[str]:
+    """The GPU flags in a llama-server command line, as written (``-ot`` only naming a GPU)."""
+    found = []
+    for i, arg in enumerate(server_args):
+        name, _, inline = arg.partition("=")
+        flag = canonical_flag(name)
+        value = inline or (server_args[i + 1] if i + 1 < len(server_args) else "")
+        if flag in GPU_FLAGS and not (flag == "--n-gpu-layers" and value == "0"):
+            found.append(name)
+        elif flag == "--override-tensor" and "CUDA" in value:
+            found.append(name)
+    return list(dict.fromkeys(found))

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from orchestrator import health, instances, warmup
 from orchestrator.app import App
+from orchestrator.cli.tables import plain_table, print_table
 from orchestrator.errors import NotRunningError, OrchError, PreflightError
 from orchestrator.lifecycle import Event, Lifecycle, Started, UpOptions, comparable_memory
 from orchestrator.memory.breakdown import GIB, MIB
@@ -486,26 +487,33 @@ def _started_by(row: dict[str, Any]) -> str:
 def cmd_ps(args: argparse.Namespace, app: App, console: Console) -> int:
     """One line per instance orch started."""
     store = _store(app)
-    table = Table(title=None)
-    for column in ("name", "runtime", "state", "pid/container", "port", "uptime", "started by"):
-        table.add_column(column)
+    rows: list[list[str]] = []
     with contextlib.ExitStack() as stack:
         runtimes = instances.Runtimes(app.settings, stack)
         records, corrupt = store.scan()
         for bad in corrupt:
-            table.add_row(bad.name, "-", "corrupt record", "-", "-", "-", "-")
+            rows.append([bad.name, "-", "corrupt record", "-", "-", "-", "-"])
         for record in records:
             alive = runtimes.attach(record).alive()
-            table.add_row(
-                record.name,
-                record.runtime,
-                "running" if alive else "not running",
-                str(record.pid) if record.pid else (record.container_name or "-"),
-                str(record.port),
-                _uptime(time.time() - record.started_at) if alive else "-",
-                _started_by({"gateway_pid": record.gateway_pid}),
+            rows.append(
+                [
+                    record.name,
+                    record.runtime,
+                    "running" if alive else "not running",
+                    str(record.pid) if record.pid else (record.container_name or "-"),
+                    str(record.port),
+                    _uptime(time.time() - record.started_at) if alive else "-",
+                    _started_by({"gateway_pid": record.gateway_pid}),
+                ]
             )
-    console.print(table)
+    if not rows:
+        console.print("nothing running", markup=False)
+        return 0
+    columns = ("name", "runtime", "state", "pid/container", "port", "uptime", "started by")
+    table = plain_table(None, columns, right_from=len(columns))
+    for row in sorted(rows):
+        table.add_row(*row)
+    print_table(console, table, sorted(rows))
     return 0
 
 

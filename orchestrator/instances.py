@@ -21,10 +21,10 @@ from podman import PodmanClient
 from orchestrator.app import file_problems, resource_problems
 from orchestrator.errors import PreflightError
 from orchestrator.health import get_json, request
-from orchestrator.plan import Plan, container_name
+from orchestrator.plan import Plan, container_name, served_name
 from orchestrator.probe import probe_host
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
+from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime
 from orchestrator.runtime import Handle, Unverified
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
@@ -156,10 +156,7 @@ def secret_problems(profile: ModelProfile, environ: Mapping[str, str]) -> list[s
 
 def model_name(plan: Plan) -> str:
     """The ``model`` field requests send (vLLM checks it; llama-server ignores it)."""
-    engine = plan.profile.engine
-    if isinstance(engine, VllmEngine):
-        return engine.served_model_name or plan.profile.model.repo or plan.profile.model.path
-    return plan.name
+    return served_name(plan.name, plan.profile.engine)[0]
 
 
 def engine_env(plan: Plan, environ: Mapping[str, str]) -> dict[str, str]:

@@ -323,6 +323,8 @@ def build_plan(
         "model_path": model_path,
         "override_tensors": ot,
         "api_key_file": api_key_file,
+        # the model id clients see: the profile name unless the profile names one itself
+        "served_name": "" if served_name(resolved.name, engine)[1] else resolved.name,
     }
     engine_rendered = render_argv(env, template, engine_ctx)
 
@@ -420,6 +422,23 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def served_name(profile_name: str, engine: LlamaEngine | VllmEngine) -> tuple[str, bool]:
+    """The model id the engine reports, and whether the profile set it itself.
+
+    The profile name, unless ``extra_args`` passes ``--alias`` (llama-server) or
+    ``--served-model-name`` (vLLM), or ``engine.served_model_name`` is set.
+    """
+    flags = ("--served-model-name",) if isinstance(engine, VllmEngine) else ("--alias", "-a")
+    args = list(engine.extra_args)
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in flags:
+            return (value if eq else args[i + 1] if i + 1 < len(args) else profile_name), True
+    if isinstance(engine, VllmEngine) and engine.served_model_name:
+        return engine.served_model_name, True
+    return profile_name, False
 
 
 def container_name(profile_name: str) -> str:

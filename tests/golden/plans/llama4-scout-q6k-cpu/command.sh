@@ -5,7 +5,7 @@ numactl \
   -d \
   --name orch-llama4-scout-q6k-cpu \
   --label orch.profile=llama4-scout-q6k-cpu \
-  --label orch.plan=042a35157ad408eb \
+  --label orch.plan=60f5de94ad7440f3 \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \
@@ -15,6 +15,7 @@ numactl \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/Scout-17B-Q6_K.gguf \
+  --alias llama4-scout-q6k-cpu \
   --jinja \
   --ctx-size 8192 \
   --threads 16 \

@@ -24,7 +24,8 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.names import PROFILE_NAME
 from orchestrator.state import StateStore
-from tests.conftest import PROFILES, TEMPLATES
+from tests.conftest import CONTAINERS_CONF, PROFILES, TEMPLATES
+from tests.test_lifecycle_podman import _podman
 
 BAD_NAMES = [
     ("absolute path", "/VICTIM/Cargo"),
@@ -180,8 +181,13 @@ def _alive(proc: subprocess.Popen[bytes]) -> bool:
 
 
 def _run(*argv: str) -> tuple[int, str, str]:
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "orchestrator", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -296,12 +302,8 @@ def test_record_naming_a_foreign_container_is_never_stopped(
     sandbox: Path, podman_image: str, labels: list[str], reason: str
 ) -> None:
     name = f"orch-test-foreign-{os.getpid()}-{len(labels)}"
-    created = subprocess.run(
-        ["podman", "create", "--name", name, *labels, podman_image, "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    created = _podman("create", "--name", name, *labels, podman_image, "--version")
+    assert created.returncode == 0, created.stderr
     container_id = created.stdout.strip().splitlines()[-1]
     try:
         run = sandbox / "state" / "run"
@@ -314,7 +316,7 @@ def test_record_naming_a_foreign_container_is_never_stopped(
             f"demo: was not running (container {name} ({container_id[:12]}) {reason}); "
             "cleared its record\n"
         )
-        exists = subprocess.run(["podman", "container", "exists", container_id])
+        exists = _podman("container", "exists", container_id)
         assert exists.returncode == 0, "orch removed a container it did not start"
     finally:
-        subprocess.run(["podman", "rm", "--force", container_id], capture_output=True)
+        _podman("rm", "--force", container_id)

@@ -196,30 +196,45 @@ class ContainerHandle:
         status, code, _ = _state(attrs)
         return None if status == "running" else code
 
-    def log_tail(self, lines: int) -> list[str]:
-        """The last lines of the container's output."""
-        if self._attrs() is None:
-            return []
+    def _output(self) -> bytes | None:
+        """The container's whole output so far (stdout and stderr, in order)."""
         try:
             container = self.client.containers.get(self.id)
-            chunks = container.logs(stdout=True, stderr=True, tail=lines)
-            data = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
+            chunks = container.logs(stdout=True, stderr=True)
+            return b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
         except (NotFound, APIError):
+            return None
+
+    def log_tail(self, lines: int) -> list[str]:
+        """The last lines of the container's output.
+
+        Cut here, not by podman's ``tail``: podman 4.3 counts each partial-line log entry as
+        a line and glues the pieces of the lines it cuts into the wrong order.
+        """
+        if lines <= 0 or self._attrs() is None:
             return []
-        return data.decode(errors="replace").splitlines()[-lines:]
+        data = self._output()
+        return [] if data is None else data.decode(errors="replace").splitlines()[-lines:]
 
     def follow(self, lines: int) -> Iterator[bytes]:
         """The last ``lines`` lines, then new output, until the container stops.
 
-        One streaming request with ``tail``, so nothing is missed or repeated between history
-        and new output; with no read timeout, as the client's short one would end a quiet stream.
+        The history is cut from a snapshot of the whole output (see :meth:`log_tail`); the
+        stream then starts from the beginning and skips exactly the snapshot's bytes before
+        that cut, so nothing is missed or repeated between history and new output. No read
+        timeout: the client's short one would end a quiet stream.
         """
         if self._attrs() is None:
             return
+        snapshot = self._output()
+        if snapshot is None:
+            return
+        kept = b"".join(snapshot.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
+        skip = len(snapshot) - len(kept)
         try:
             response = self.client.api.get(
                 f"/containers/{self.id}/logs",
-                params={"follow": True, "stdout": True, "stderr": True, "tail": lines},
+                params={"follow": True, "stdout": True, "stderr": True},
                 stream=True,
                 timeout=(10.0, None),
             )
@@ -228,7 +243,12 @@ class ContainerHandle:
             return  # removed meanwhile: nothing left to follow
         try:
             for frame in stream_frames(response):
-                yield frame if isinstance(frame, bytes) else str(frame).encode()
+                data = frame if isinstance(frame, bytes) else str(frame).encode()
+                if skip >= len(data):
+                    skip -= len(data)
+                    continue
+                yield data[skip:]
+                skip = 0
         finally:
             response.close()
 
@@ -252,13 +272,8 @@ class ContainerHandle:
 
     def save_logs(self, path: Path) -> None:
         """Copy the container's whole output to ``path`` (before removal)."""
-        if self._attrs() is None:
-            return
-        try:
-            container = self.client.containers.get(self.id)
-            chunks = container.logs(stdout=True, stderr=True)
-            data = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
-        except (NotFound, APIError):
+        data = self._output() if self._attrs() is not None else None
+        if data is None:
             return
         with contextlib.suppress(OSError), open_for_writing(path) as out:
             out.write(data)

@@ -27,6 +27,13 @@ examples:
   orch estimate model.gguf -- -c 32768 -ngl 99 --cpu-moe
   orch up demo && orch status demo && orch down demo
 
+NAME is a profile name: 1-64 characters from a-z 0-9 . _ -, starting with a letter or digit.
+
+where orch looks:
+  orch.toml   $ORCH_CONFIG, else ./orch.toml, $XDG_CONFIG_HOME/orch/orch.toml, /etc/orch/orch.toml
+  profiles    $ORCH_PROFILES_DIR alone, else $XDG_CONFIG_HOME/orch/profiles, then
+              /etc/orch/profiles, then the shipped ones (first match per kind and name wins)
+
 environment:
   ORCH_PROFILES_DIR, ORCH_TEMPLATES_DIR, ORCH_STATE_DIR, ORCH_PODMAN_BINARY,
   ORCH_DEFAULT_BIND_HOST override orch.toml (ORCH_CONFIG names another file).

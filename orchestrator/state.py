@@ -92,6 +92,11 @@ class Record:
         return data
 
     @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """:meth:`from_json_text` for a parsed dict (its ``name`` is the expected one)."""
+        return cls.from_json_text(json.dumps(data), str(data.get("name", "")))
+
+    @classmethod
     def from_json_text(cls, text: str | bytes, name: str) -> Record:
         """Parse a record strictly; unknown keys are ignored (older or newer orch).
 

@@ -252,15 +252,15 @@ def test_container_history_keeps_partial_lines_whole(tmp_path: Path, podman_imag
     """
     name = f"orch-test-partial-{os.getpid()}"
     plan_hash = "0123456789ab"
-    created = _podman(
+    try:
+        created = _podman(
             "run", "-d", "--name", name,
             "--label", "orch.profile=partial", "--label", f"orch.plan={plan_hash}",
             "-v", "/usr/bin/dash:/bin/dash:ro", "-v", "/usr/bin/sleep:/bin/sleep:ro",
             "--entrypoint", "/bin/dash", podman_image, "-c", PARTIAL_SCRIPT,
-    )  # fmt: skip
-    assert created.returncode == 0, created.stderr
-    container_id = created.stdout.strip().splitlines()[-1]
-    try:
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        container_id = created.stdout.strip().splitlines()[-1]
         assert _podman("wait", container_id).returncode == 0
         expected = [f"line{i}-start middle end{i}" for i in range(1, 7)] + ["last-without-newline"]
         inspect = _podman("inspect", "--format", "{{.HostConfig.LogConfig.Path}}", container_id)
@@ -296,4 +296,4 @@ def test_container_history_keeps_partial_lines_whole(tmp_path: Path, podman_imag
             assert logs("-f", "-n", str(n)) == expected[-n:], n  # stopped: history, then done
         assert logs("-n", "0") == [] and logs("-f", "-n", "0") == []
     finally:
-        _podman("rm", "--force", container_id)
+        _podman("rm", "--force", name)

@@ -302,10 +302,10 @@ def test_record_naming_a_foreign_container_is_never_stopped(
     sandbox: Path, podman_image: str, labels: list[str], reason: str
 ) -> None:
     name = f"orch-test-foreign-{os.getpid()}-{len(labels)}"
-    created = _podman("create", "--name", name, *labels, podman_image, "--version")
-    assert created.returncode == 0, created.stderr
-    container_id = created.stdout.strip().splitlines()[-1]
     try:
+        created = _podman("create", "--name", name, *labels, podman_image, "--version")
+        assert created.returncode == 0, created.stderr
+        container_id = created.stdout.strip().splitlines()[-1]
         run = sandbox / "state" / "run"
         run.mkdir(parents=True)
         record = _record("demo", runtime="podman", container_id=container_id, container_name=name)
@@ -319,4 +319,4 @@ def test_record_naming_a_foreign_container_is_never_stopped(
         exists = _podman("container", "exists", container_id)
         assert exists.returncode == 0, "orch removed a container it did not start"
     finally:
-        _podman("rm", "--force", container_id)
+        _podman("rm", "--force", name)

@@ -8,7 +8,7 @@ DEMO_MODEL := $(HOME)/.cache/orch/models/tiny-dense.gguf
 IMAGE := localhost/orch-llama-server:11434.0.0
 IK_IMAGE := localhost/orch-ik-llama-server:0.1.5
 
-.PHONY: setup system venv llama-server image ik-llama ik-image demo-model vllm-argparser demo down check lint types test fmt golden bench-plan bench-memory bench-noise bench-sched bench-speed clean
+.PHONY: setup system venv llama-server image ik-llama ik-image demo-model vllm-argparser demo down check lint types test test-fast fmt golden bench-plan bench-memory bench-noise bench-sched bench-speed clean
 
 setup: system venv llama-server demo-model image ik-llama ik-image
 
@@ -62,6 +62,10 @@ types: venv
 
 test: setup vllm-argparser
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q
+
+# Quick iteration: no real engines or podman, no vLLM parser, no wheel install (CI runs all).
+test-fast: venv
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/pytest -q -m "not engine and not vllm_parser and not install"
 
 fmt: venv
 	.venv/bin/ruff format orchestrator tests benchmarks

@@ -15,6 +15,7 @@ from orchestrator.hfcache import HfWeights, hub_dir, locate
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import GgufHeader, read_gguf, split_paths
+from orchestrator.names import require_profile_name
 from orchestrator.plan import Plan, build_plan
 from orchestrator.probe import HostState, missing_files, port_in_use
 from orchestrator.profiles.loader import Catalog, ResolvedProfile
@@ -31,7 +32,7 @@ class App:
     @property
     def catalog(self) -> Catalog:
         """The profiles tree."""
-        return Catalog(self.settings.profiles_dir)
+        return Catalog(self.settings.profile_folders())
 
     @cached_property
     def templates(self) -> jinja2.Environment:
@@ -44,13 +45,12 @@ class App:
 
     def resolve(self, name: str, hardware: str | None = None) -> ResolvedProfile:
         """Load a profile by name, with a clear error listing the available ones."""
+        require_profile_name(name, "orch", "profile")
         catalog = self.catalog
         if name not in catalog.model_names():
             available = ", ".join(catalog.model_names()) or "none"
-            raise ProfileError(
-                str(self.settings.profiles_dir / "models"),
-                [f"no profile {name!r} (available: {available})"],
-            )
+            folders = ", ".join(str(root / "models") for root in catalog.roots)
+            raise ProfileError(folders, [f"no profile {name!r} (available: {available})"])
         return catalog.load(name, hardware)
 
     def plan(self, name: str, *, read_header: bool, hardware: str | None = None) -> Plan:
@@ -129,9 +129,14 @@ def model_path(resolved: ResolvedProfile, weights: HfWeights | None = None) -> P
     return Path(resolved.profile.model.path).expanduser()
 
 
-def live_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
-    """What stops this plan on this machine now: files, port, free memory."""
-    return file_problems(plan) + resource_problems(plan, resolved, host)
+def live_problems(
+    plan: Plan, resolved: ResolvedProfile, host: HostState, *, own_port: int | None = None
+) -> list[str]:
+    """What stops this plan on this machine now: files, port, free memory.
+
+    ``own_port``: the port this profile's own running instance holds, which is no problem.
+    """
+    return file_problems(plan) + resource_problems(plan, resolved, host, own_port=own_port)
 
 
 def file_problems(plan: Plan) -> list[str]:
@@ -148,10 +153,12 @@ def file_problems(plan: Plan) -> list[str]:
     ]
 
 
-def resource_problems(plan: Plan, resolved: ResolvedProfile, host: HostState) -> list[str]:
+def resource_problems(
+    plan: Plan, resolved: ResolvedProfile, host: HostState, *, own_port: int | None = None
+) -> list[str]:
     """The port and the free memory: what a running instance may be holding."""
     problems: list[str] = []
-    if port_in_use(plan.host, plan.port):
+    if plan.port != own_port and port_in_use(plan.host, plan.port):
         problems.append(
             f"port {plan.host}:{plan.port} is already in use (publish.port in {resolved.source})"
         )

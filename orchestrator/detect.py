@@ -22,6 +22,7 @@ from orchestrator.profiles.loader import validate
 from orchestrator.profiles.schema import PROFILE_NAME, HardwareProfile
 
 NODE_ROOT = Path("/sys/devices/system/node")
+CPU_ROOT = Path("/sys/devices/system/cpu")
 CPUINFO = Path("/proc/cpuinfo")
 GpuProbe = Callable[[], tuple[tuple[GpuState, ...], str]]
 _NODE_DIR = re.compile(r"node(\d+)")
@@ -81,6 +82,32 @@ def read_numa(root: Path) -> tuple[list[NodeFacts], list[str]]:
     return nodes, notes
 
 
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)")
+
+
+def read_l3(root: Path) -> tuple[int | None, list[str]]:
+    """Total L3 bytes over the distinct L3 caches under ``root`` (``/sys/devices/system/cpu``).
+
+    Each ``cpuN/cache/indexM`` of level 3 is one CPU's view of an L3; the CPUs sharing it
+    (``shared_cpu_list``) see the same one, so each is counted once.
+    """
+    seen: dict[str, int] = {}
+    for index in sorted(root.glob("cpu[0-9]*/cache/index[0-9]*")):
+        try:
+            if (index / "level").read_text(encoding="utf-8").strip() != "3":
+                continue
+            size = _SIZE.fullmatch((index / "size").read_text(encoding="utf-8").strip())
+            shared = (index / "shared_cpu_list").read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if size:
+            scale = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[size.group(2)]
+            seen[shared] = int(size.group(1)) * scale
+    if not seen:
+        return None, [f"no L3 cache under {root}: cpu.l3_mib left 0"]
+    return sum(seen.values()), []
+
+
 def cpu_model(cpuinfo: str) -> str:
     """The first ``model name`` in /proc/cpuinfo text (other architectures: ``Hardware``)."""
     for key in ("model name", "Hardware", "cpu model", "Processor"):
@@ -112,6 +139,7 @@ def build_hardware(
     gpus: tuple[GpuState, ...],
     gpu_note: str,
     notes: list[str] | None = None,
+    l3_bytes: int | None = None,
 ) -> Detected:
     """Assemble and validate a hardware profile from facts already read."""
     out_notes = list(notes or [])
@@ -125,6 +153,7 @@ def build_hardware(
             "model": model,
             "physical_cores": physical_cores or threads,
             "threads": threads,
+            "l3_mib": (l3_bytes or 0) // 1024**2,
         },
         "memory": {"ram_gib": _gib(ram_bytes)},
         "gpus": [{"index": g.index, "name": g.name, "vram_mib": g.total_mib} for g in gpus],
@@ -143,6 +172,7 @@ def build_hardware(
 def detect_host(
     *,
     node_root: Path = NODE_ROOT,
+    cpu_root: Path = CPU_ROOT,
     cpuinfo: Path = CPUINFO,
     gpu_probe: GpuProbe = probe_gpus,
     hostname: str | None = None,
@@ -153,6 +183,7 @@ def detect_host(
     except OSError:
         text = ""
     nodes, notes = read_numa(node_root)
+    l3_bytes, l3_notes = read_l3(cpu_root)
     gpus, gpu_note = gpu_probe()
     threads = psutil.cpu_count(logical=True) or 1
     return build_hardware(
@@ -164,7 +195,8 @@ def detect_host(
         nodes=nodes,
         gpus=gpus,
         gpu_note=gpu_note,
-        notes=notes,
+        notes=notes + l3_notes,
+        l3_bytes=l3_bytes,
     )
 
 

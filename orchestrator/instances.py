@@ -26,11 +26,11 @@ from orchestrator.plan import Plan, container_name
 from orchestrator.probe import probe_host
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import ModelProfile, PodmanRuntime
-from orchestrator.runtime import Handle
+from orchestrator.runtime import Handle, Unverified
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
 from orchestrator.settings import Settings
-from orchestrator.state import Record
+from orchestrator.state import Record, StateStore
 
 _FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*(?:\.[\w-]+)*)")
 """A flag in ``--help`` text; inner dots count (``--fim-qwen-1.5b-default``), a final one not."""
@@ -57,14 +57,24 @@ class Runtimes:
         return self._client
 
     def attach(self, record: Record) -> Handle:
-        """A handle for what the record says is running (it may have stopped since)."""
+        """A handle for what the record says is running (it may have stopped since).
+
+        Only what is provably the instance orch started is ever signalled or trusted as
+        running: a container with this ID and orch's labels for this profile and plan, a
+        process with this pid and start time leading its own group. Anything else is
+        :class:`Unverified`.
+        """
+        log_path = StateStore(self.settings.state_dir).log_path(record.name)
         if record.runtime == "podman":
             return podman_rt.ContainerHandle(
-                self.client(), record.container_id or "", record.container_name or record.name
+                self.client(),
+                record.container_id or "",
+                record.container_name or container_name(record.name),
+                labels={podman_rt.LABEL: record.name, podman_rt.PLAN_LABEL: record.plan_hash},
             )
-        return process_rt.ProcessHandle(
-            record.pid or 0, Path(record.log_path), create_time=record.pid_create_time
-        )
+        if record.pid is None or record.pid_create_time is None:
+            return Unverified(f"pid {record.pid}", "its record has no process start time")
+        return process_rt.ProcessHandle(record.pid, log_path, create_time=record.pid_create_time)
 
 
 def gpu_indices(plan: Plan) -> tuple[int, ...]:
@@ -185,7 +195,7 @@ def supported_flags(binary: str) -> frozenset[str]:
 
 def flag_cache_path(settings: Settings, image_id: str) -> Path:
     """Where the flag set of the image with this ID is cached."""
-    return settings.state_dir / "cache" / "engine-flags" / f"{image_id.replace(':', '-')}.json"
+    return StateStore(settings.state_dir).cache_path("engine-flags", image_id.replace(":", "-"))
 
 
 def image_flags(settings: Settings, image: podman_rt.ImageInfo) -> tuple[frozenset[str], bool]:

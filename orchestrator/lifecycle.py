@@ -29,10 +29,10 @@ from orchestrator.plan import Plan
 from orchestrator.probe import port_in_use
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import PodmanRuntime
-from orchestrator.runtime import STOP_GRACE_S, Handle
+from orchestrator.runtime import STOP_GRACE_S, Handle, Unverified
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
-from orchestrator.state import Record, StateStore
+from orchestrator.state import CorruptRecord, Record, StateStore
 
 EventKind = Literal[
     "note",  # a preflight note
@@ -185,10 +185,19 @@ def holders_message(plan: Plan, holders: list[Record]) -> str:
 
 def gone_reason(handle: Handle) -> str:
     """Why an instance whose record exists is not running."""
+    if isinstance(handle, Unverified):
+        return f"{handle.what} is not provably the one orch started: {handle.why}; left it alone"
+    if isinstance(handle, process_rt.ProcessHandle):
+        return handle.gone_reason()
     if isinstance(handle, podman_rt.ContainerHandle):
         status = handle.status()
         if status == "gone":
             return f"{handle.describe()} was removed outside orch"
+        if status == "foreign":
+            return (
+                f"{handle.describe()} does not carry orch's labels for this profile and plan; "
+                "left alone"
+            )
         return f"{handle.describe()} is {status}, exit code {handle.exit_code()}"
     return f"{handle.describe()} has exited"
 
@@ -200,19 +209,35 @@ def stop_handle(handle: Handle, log_path: Path, grace_s: float) -> None:
     handle.stop(grace_s)
 
 
+def same_process(pid: int | None, create_time: float | None) -> bool:
+    """Whether ``pid`` runs and is still the process that started at ``create_time``.
+
+    Without a start time nothing is proven, so the answer is no.
+    """
+    if pid is None or create_time is None or not pid_alive(pid):
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) <= 0.5
+    except psutil.Error:
+        return False
+
+
 def stop_record(
     store: StateStore, runtimes: instances.Runtimes, record: Record, grace_s: float
 ) -> float:
     """Stop what a record describes (via its supervisor if one runs); seconds taken."""
     start = time.monotonic()
-    if pid_alive(record.supervisor_pid):
-        assert record.supervisor_pid is not None
+    supervisor = record.supervisor_pid
+    if same_process(supervisor, record.supervisor_create_time):
+        assert supervisor is not None
         with contextlib.suppress(ProcessLookupError):
-            os.kill(record.supervisor_pid, signal.SIGTERM)
+            os.kill(supervisor, signal.SIGTERM)
         deadline = time.monotonic() + grace_s + 5
-        while pid_alive(record.supervisor_pid) and time.monotonic() < deadline:
+        while same_process(supervisor, record.supervisor_create_time):
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.02)
-    stop_handle(runtimes.attach(record), Path(record.log_path), grace_s)
+    stop_handle(runtimes.attach(record), store.log_path(record.name), grace_s)
     store.remove(record.name)
     return time.monotonic() - start
 
@@ -234,6 +259,10 @@ def make_record(
         pid, create_time = handle.pid, handle.create_time
     if isinstance(handle, podman_rt.ContainerHandle):
         container_id, container = handle.id, handle.name
+    supervisor_time = None
+    if supervisor_pid is not None:
+        with contextlib.suppress(psutil.Error):
+            supervisor_time = psutil.Process(supervisor_pid).create_time()
     return Record(
         name=plan.name,
         runtime="podman" if is_podman else "process",
@@ -250,6 +279,7 @@ def make_record(
         gpus=instances.gpu_indices(plan),
         needs_whole_gpu=plan.profile.needs_whole_gpu,
         supervisor_pid=supervisor_pid,
+        supervisor_create_time=supervisor_time,
         gateway_pid=gateway_pid,
         predicted_bytes={d: m.total for d, m in plan.memory.devices.items()},
     )
@@ -291,7 +321,11 @@ class Lifecycle:
         name = plan.name
         store, runtimes, settings = self.store, self.runtimes, self.app.settings
         with store.lock(name):
-            existing = store.load(name)
+            try:
+                existing = store.load(name)
+            except CorruptRecord as exc:
+                self._emit(name, "note", f"{exc}: replaced it")
+                existing = None
             holders = gpu_holders(store, runtimes, plan)  # never this profile's own record
             if options.replace:
                 # what can be checked while the instances to replace still run, before any stops
@@ -332,6 +366,7 @@ class Lifecycle:
         store, runtimes, settings = self.store, self.runtimes, self.app.settings
         handle: Handle | None = None
         log_path = store.log_path(name)
+        store.ensure(store.log_dir)
         key = instances.api_key(plan.profile, os.environ)
         try:
             self._emit(name, "launching", "launching")
@@ -416,9 +451,19 @@ class Lifecycle:
         self.store.remove(plan.name)
 
     def down(self, name: str, grace_s: float) -> DownResult:
-        """Stop ``name`` under its lock: ``stopped``, ``cleared`` (was dead) or ``missing``."""
+        """Stop ``name`` under its lock: ``stopped``, ``cleared`` (was dead) or ``missing``.
+
+        Without a record nothing is locked or written (a read-only state folder is fine).
+        """
+        path = self.store.record_path(name)
+        if not (path.is_file() or path.is_symlink()):
+            return DownResult(name, "missing")
         with self.store.lock(name):
-            record = self.store.load(name)
+            try:
+                record = self.store.load(name)
+            except CorruptRecord as exc:
+                self.store.remove(name)
+                return DownResult(name, "cleared", f"its record was corrupt ({exc.why})")
             if record is None:
                 return DownResult(name, "missing")
             handle = self.runtimes.attach(record)
@@ -451,6 +496,17 @@ class Lifecycle:
             on_check(health.probe(plan.endpoint, plan.profile.health.path))
             yield
 
+    def running(self, name: str) -> tuple[Record, Handle] | None:
+        """``name``'s instance when one runs that orch provably started (else None)."""
+        try:
+            record = self.store.load(name)
+        except CorruptRecord:
+            return None
+        if record is None:
+            return None
+        handle = self.runtimes.attach(record)
+        return (record, handle) if handle.alive() else None
+
     def state_of(self, record: Record, key: str | None) -> dict[str, Any]:
         """A record's live state, as ``orch status --json`` shows it."""
         handle = self.runtimes.attach(record)
@@ -469,7 +525,7 @@ class Lifecycle:
             "plan_hash": record.plan_hash,
             "started_at": record.started_at,
             "uptime_s": round(time.time() - record.started_at, 1) if alive else None,
-            "log": record.log_path,
+            "log": str(self.store.log_path(record.name)),
             "started_by": "orch serve" if record.gateway_pid else "orch up",
             "gateway_pid": record.gateway_pid,
         }

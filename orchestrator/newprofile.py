@@ -8,7 +8,6 @@ the only effect.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from orchestrator.ggml_types import GGML_TYPES, ggml_type
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.gguf_arch import architecture_from_gguf
 from orchestrator.memory.tensors import RECIPES, GgufHeader
+from orchestrator.names import name_problem
 from orchestrator.plan import Plan, budgets, build_plan, estimate
 from orchestrator.profiles.loader import ResolvedProfile, check_references, validate
 from orchestrator.profiles.schema import (
-    PROFILE_NAME,
     Architecture,
     HardwareProfile,
     ModelProfile,
@@ -89,10 +88,9 @@ class Proposal:
 
 def check_name(name: str) -> None:
     """Raise unless ``name`` is a valid profile name."""
-    if not re.fullmatch(PROFILE_NAME, name):
-        raise NewProfileError(
-            f"{name!r} is not a valid profile name (lower-case letters, digits, . _ -)"
-        )
+    problem = name_problem(name)
+    if problem is not None:
+        raise NewProfileError(problem)
 
 
 def detect_quant(header: GgufHeader) -> Quant:
@@ -353,7 +351,7 @@ def taken_ports(models_dir: Path) -> set[int]:
     for path in models_dir.glob("*.toml"):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
             continue
         port = data.get("publish", {}).get("port") if isinstance(data, dict) else None
         if isinstance(port, int):

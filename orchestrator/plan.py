@@ -350,6 +350,8 @@ def build_plan(
         "serve": not is_podman,
         "revision": profile.model.revision if profile.model.hf_repo else "main",
         "api_key_file": api_key_file,
+        # the model id clients see: the profile name unless the profile names one itself
+        "model_id": "" if adapter.own_model_id(engine) is not None else resolved.name,
     }
     engine_rendered = render_argv(
         env, adapter.template, engine_ctx, spelling=adapter.catalogue.canonical

@@ -47,6 +47,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+ENGINE_FIXTURES = frozenset({"llama_server_binary", "podman_image", "ik_llama"})
+"""Fixtures that bring up a real engine or podman: tests using them are marked ``engine``."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what `make test-fast` leaves out: real engines and podman, vLLM's parser."""
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+        if item.path.name == "test_vllm_args.py":
+            item.add_marker(pytest.mark.vllm_parser)
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests never read this machine's orch.toml or profiles (~/.config/orch, /etc/orch)."""
+    home = tmp_path_factory.getbasetemp() / "xdg-config-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.setenv("ORCH_CONFIG", str(home / "no-orch.toml"))
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))

@@ -15,10 +15,41 @@ from orchestrator.detect import (
     detect_host,
     hardware_toml,
     profile_name,
+    read_l3,
     read_numa,
 )
 from orchestrator.probe import GpuState, probe_gpus
 from orchestrator.profiles.loader import parse_hardware
+
+
+def make_cache(root: Path, cpu: int, index: int, level: int, size: str, shared: str) -> None:
+    folder = root / f"cpu{cpu}" / "cache" / f"index{index}"
+    folder.mkdir(parents=True)
+    (folder / "level").write_text(f"{level}\n")
+    (folder / "size").write_text(f"{size}\n")
+    (folder / "shared_cpu_list").write_text(f"{shared}\n")
+
+
+def test_read_l3_counts_each_shared_cache_once(tmp_path: Path) -> None:
+    # two CCDs of 2 CPUs, 32 MiB L3 each (as sysfs shows an EPYC), plus L2s that do not count
+    for cpu in range(4):
+        ccd = "0-1" if cpu < 2 else "2-3"
+        make_cache(tmp_path, cpu, 2, 2, "1024K", str(cpu))
+        make_cache(tmp_path, cpu, 3, 3, "32768K", ccd)
+    assert read_l3(tmp_path) == (64 * 1024**2, [])
+    assert read_l3(tmp_path / "none") == (
+        None,
+        [f"no L3 cache under {tmp_path / 'none'}: cpu.l3_mib left 0"],
+    )
+
+
+def test_detect_reads_this_hosts_l3() -> None:
+    import subprocess
+
+    lscpu = subprocess.run(["lscpu", "-B"], capture_output=True, text=True, check=True).stdout
+    (line,) = [ln for ln in lscpu.splitlines() if ln.startswith("L3 cache:")]
+    expected = int(line.split(":")[1].split()[0]) // 1024**2
+    assert detect_host().profile.cpu.l3_mib == expected > 0
 
 
 def make_node(root: Path, node: int, cpus: str, mem_kb: int | None) -> None:

@@ -70,12 +70,21 @@ def test_engine_traits() -> None:
 
 def test_request_model_names() -> None:
     catalog = Catalog(PROFILES)
+    # the profile name (orch renders --served-model-name / --alias), unless the profile names one
     vllm = catalog.load("llama4-scout-nvfp4").profile
-    assert adapter_for(vllm.engine).model_name(vllm, "x") == vllm.model.hf_repo
-    assert adapter_for(vllm.engine).served_name(vllm, "x") == vllm.model.hf_repo
+    assert adapter_for(vllm.engine).model_name(vllm, "x") == "x"
+    assert adapter_for(vllm.engine).served_name(vllm, "x") == "x"
+    named = vllm.model_copy(
+        update={"engine": vllm.engine.model_copy(update={"served_model_name": "scout"})}
+    )
+    assert adapter_for(named.engine).served_name(named, "x") == "scout"
     llama = catalog.load("demo").profile
     assert adapter_for(llama.engine).model_name(llama, "demo") == "demo"
     assert adapter_for(llama.engine).served_name(llama, "demo") is None
+    aliased = llama.model_copy(
+        update={"engine": llama.engine.model_copy(update={"extra_args": ("-a", "tiny")})}
+    )
+    assert adapter_for(aliased.engine).model_name(aliased, "demo") == "tiny"
 
 
 def test_placement_and_argv_parsing_are_llama_server_only() -> None:

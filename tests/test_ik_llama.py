@@ -13,6 +13,7 @@ import gguf
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.health import served_names
 from orchestrator.memory.breakdown import MIB
 from orchestrator.memory.calibration import Comparison, compare_cpu, ik_mix_tensors, read_table
 from orchestrator.memory.gguf_file import read_gguf_file
@@ -184,8 +185,10 @@ def test_headline_twin_plan_up_bench_down(
 
         health = orch_env.run("status", "twin", "--json")
         assert health.returncode == 0, health.stderr
-        status = json.loads(health.stdout)
+        (status,) = json.loads(health.stdout)
         assert status["state"] == "running" and status["health"] == 200
+        # ik takes --alias (its CPU --help does not list it): clients see the profile name
+        assert served_names(status["endpoint"]) == ["twin"]
 
         bench = orch_env.run(
             "bench", "twin", "--runs", "2", "--prompt-tokens", "256", "--max-tokens", "16", "--json"

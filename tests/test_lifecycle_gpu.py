@@ -59,7 +59,7 @@ def _running(orch: OrchEnv, name: str) -> int:
     """The pid of a running instance (asserting that it runs and answers)."""
     status = orch.run("status", name, "--json")
     assert status.returncode == 0, status.stdout + status.stderr
-    data = json.loads(status.stdout)
+    (data,) = json.loads(status.stdout)  # status NAME --json: a list of one, like status --json
     assert data["state"] == "running", data
     assert probe(data["endpoint"]) == 200
     return int(data["pid"])

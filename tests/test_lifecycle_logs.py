@@ -8,7 +8,11 @@ SIGTERM, or when the engine stops.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,8 +20,8 @@ from pathlib import Path
 import psutil
 
 from orchestrator.health import request
-from tests.conftest import OrchEnv, free_port
-from tests.test_lifecycle_podman import _containers, _podman_services, _runtime
+from tests.conftest import CONTAINERS_CONF, OrchEnv, free_port
+from tests.test_lifecycle_podman import _containers, _podman, _podman_services, _runtime
 
 REQUEST_DONE = "stop processing"
 """llama-server's line when a request's slot is released."""
@@ -158,9 +162,10 @@ def test_follow_container_logs(orch_env: OrchEnv, podman_image: str, tiny_gguf: 
     follower.wait_for("", timeout=30)
     time.sleep(3)  # quiet for longer than the API client's read timeout
     assert follower.proc.poll() is None, follower.finish()
-    # Only -n entries of history (podman counts partial lines as entries: at most 3 lines).
+    # Exactly -n lines of history: cut by orch, not by podman's --tail (which counts the
+    # pieces of a line written in parts as lines).
     history = follower.text()
-    assert 1 <= len(history) <= 3 and not any("loading model" in line for line in history)
+    assert len(history) == 3 and not any("loading model" in line for line in history)
     done = _chat(port)
     seen = follower.wait_for(REQUEST_DONE, timeout=15)
     print(f"\n[measured] podman logs -f: request line printed {seen - done:+.2f} s after the reply")
@@ -184,3 +189,111 @@ def test_follow_container_logs(orch_env: OrchEnv, podman_image: str, tiny_gguf: 
     while _podman_services(orch_env.state) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _podman_services(orch_env.state) == []
+
+
+def test_ctrl_c_ends_a_follow_even_when_sigint_was_ignored(tmp_path: Path) -> None:
+    """A non-interactive shell starts background jobs with SIGINT ignored (`make check &`).
+
+    The follower resets it, so the user's Ctrl-C (here: SIGINT) still ends the follow, and
+    this test does not depend on the disposition pytest itself inherited.
+    """
+    engine = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    try:
+        state = tmp_path / "state"
+        (state / "run").mkdir(parents=True)
+        (state / "logs").mkdir()
+        (state / "logs" / "bg.log").write_text("one\ntwo\nthree\n")
+        record = {
+            "name": "bg",
+            "runtime": "process",
+            "plan_hash": "0123456789ab",
+            "endpoint": "http://127.0.0.1:9",
+            "port": 9,
+            "started_at": time.time(),
+            "log_path": str(state / "logs" / "bg.log"),
+            "pid": engine.pid,
+            "pid_create_time": psutil.Process(engine.pid).create_time(),
+        }
+        (state / "run" / "bg.json").write_text(json.dumps(record))
+        env = {**os.environ, "ORCH_STATE_DIR": str(state)}
+        for disposition in (signal.SIG_IGN, signal.SIG_DFL):
+            follower = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "logs", "bg", "-f", "-n", "2"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                preexec_fn=lambda d=disposition: signal.signal(signal.SIGINT, d),  # type: ignore[misc]
+            )
+            assert follower.stdout is not None
+            assert [follower.stdout.readline() for _ in range(2)] == ["two\n", "three\n"]
+            follower.send_signal(signal.SIGINT)
+            assert follower.wait(timeout=15) == 0
+            assert follower.stderr is not None and follower.stderr.read() == ""
+        assert engine.poll() is None  # following never touches the engine
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+PARTIAL_SCRIPT = (
+    'for i in 1 2 3 4 5 6; do printf "line$i-start "; sleep 0.05; printf "middle "; '
+    'sleep 0.05; printf "end$i\\n"; done; printf "last-without-newline"'
+)
+
+
+def test_container_history_keeps_partial_lines_whole(tmp_path: Path, podman_image: str) -> None:
+    """An engine that writes a line in pieces (podman logs each piece as a partial entry).
+
+    podman 4.3's own `--tail N` counts the pieces as lines and glues the ones it cuts in the
+    wrong order (`end5middle line6-start`); `orch logs -n N` and `-f -n N` must not.
+    """
+    name = f"orch-test-partial-{os.getpid()}"
+    plan_hash = "0123456789ab"
+    try:
+        created = _podman(
+            "run", "-d", "--name", name,
+            "--label", "orch.profile=partial", "--label", f"orch.plan={plan_hash}",
+            "-v", "/usr/bin/dash:/bin/dash:ro", "-v", "/usr/bin/sleep:/bin/sleep:ro",
+            "--entrypoint", "/bin/dash", podman_image, "-c", PARTIAL_SCRIPT,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        container_id = created.stdout.strip().splitlines()[-1]
+        assert _podman("wait", container_id).returncode == 0
+        expected = [f"line{i}-start middle end{i}" for i in range(1, 7)] + ["last-without-newline"]
+        inspect = _podman("inspect", "--format", "{{.HostConfig.LogConfig.Path}}", container_id)
+        log_file = inspect.stdout.strip()
+        entries = Path(log_file).read_text().splitlines()
+        assert sum(" stdout P " in e for e in entries) >= 6, entries  # the pieces are there
+        state = tmp_path / "state"
+        (state / "run").mkdir(parents=True)
+        record = {
+            "name": "partial",
+            "runtime": "podman",
+            "plan_hash": plan_hash,
+            "endpoint": "http://127.0.0.1:9",
+            "port": 9,
+            "started_at": time.time(),
+            "log_path": "",
+            "container_id": container_id,
+            "container_name": name,
+        }
+        (state / "run" / "partial.json").write_text(json.dumps(record))
+        env = {**os.environ, "ORCH_STATE_DIR": str(state), "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+
+        def logs(*args: str) -> list[str]:
+            done = subprocess.run(
+                [sys.executable, "-m", "orchestrator", "logs", "partial", *args],
+                capture_output=True, text=True, env=env, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0 and done.stderr == "", done.stderr
+            return done.stdout.splitlines()
+
+        for n in (1, 2, 3, 7, 20):
+            assert logs("-n", str(n)) == expected[-n:], n
+            assert logs("-f", "-n", str(n)) == expected[-n:], n  # stopped: history, then done
+        assert logs("-n", "0") == [] and logs("-f", "-n", "0") == []
+    finally:
+        _podman("rm", "--force", name)

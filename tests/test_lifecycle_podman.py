@@ -60,7 +60,7 @@ def test_container_up_status_down(
 
     status = orch_env.run("status", "pc", "--json")
     assert status.returncode == 0, status.stderr
-    data = json.loads(status.stdout)
+    (data,) = json.loads(status.stdout)
     assert data["state"] == "running" and data["container"] == "orch-pc"
     assert data["figures"]["tokens_predicted_total"] >= 16
 

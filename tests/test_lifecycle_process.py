@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from orchestrator.health import served_names
 from tests.conftest import FAKES, OrchEnv, free_port
 
 
@@ -75,10 +76,11 @@ def test_up_status_bench_down(
 
     status = orch_env.run("status", "t", "--json")
     assert status.returncode == 0, status.stderr
-    data = json.loads(status.stdout)
+    (data,) = json.loads(status.stdout)
     assert data["state"] == "running" and data["pid"] == pid and data["port"] == port
     assert data["figures"]["tokens_predicted_total"] >= 16
     assert data["figures"]["slots_total"] == 1
+    assert served_names(data["endpoint"]) == ["t"]  # --alias: clients see the profile name
 
     ps = orch_env.run("ps")
     assert "t" in ps.stdout and "running" in ps.stdout
@@ -101,6 +103,13 @@ def test_up_status_bench_down(
     _nothing_left(orch_env, "t", pid)
     gone = orch_env.run("status", "t")
     assert gone.returncode == 6 and "not running" in gone.stderr
+    # stopping what is stopped succeeds, as `systemctl stop` does (`make down` twice)
+    again = orch_env.run("down", "t")
+    assert (again.returncode, again.stdout, again.stderr) == (
+        0,
+        "t: not running; nothing to stop\n",
+        "",
+    )
 
 
 def test_changed_profile_needs_replace(
@@ -110,6 +119,15 @@ def test_changed_profile_needs_replace(
     orch_env.llama_profile("t", model=tiny_gguf, binary=llama_server_binary, port=port, warmup=0)
     assert orch_env.run("up", "t").returncode == 0
     old_pid = int(str(orch_env.record("t")["pid"]))  # type: ignore[index]
+    running = f"t is running (pid {old_pid}, started by orch up) at http://127.0.0.1:{port} with"
+    # `orch plan` right after `orch up`: its own instance holds the port, which is no problem
+    same = orch_env.run("plan", "t")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert f"  note: {running} this plan (" in same.stdout
+    assert "`orch up t` leaves it as it is" in same.stdout
+    assert "cannot start here" not in same.stdout and "already in use" not in same.stdout
+    (data,) = [json.loads(orch_env.run("plan", "t", "--json").stdout)]
+    assert data["live_problems"] == [] and data["running"]["plan_matches"] is True
     orch_env.llama_profile(
         "t",
         model=tiny_gguf,
@@ -118,6 +136,10 @@ def test_changed_profile_needs_replace(
         warmup=0,
         extra_args=("--temp", "0.5"),
     )
+    differs = orch_env.run("plan", "t")
+    assert differs.returncode == 0, differs.stdout + differs.stderr
+    assert f"  note: {running} a different plan (" in differs.stdout
+    assert "`orch up --replace t` restarts it with this one" in differs.stdout
     refused = orch_env.run("up", "t")
     assert refused.returncode == 4 and "--replace" in refused.stderr
     replaced = orch_env.run("up", "t", "--replace")
@@ -320,7 +342,7 @@ def test_fake_vllm_up_and_down(orch_env: OrchEnv) -> None:
     assert "warm-up 2:" in up.stdout and "[wall-clock]" in up.stdout
     assert took >= 1.0  # the fake refuses connections for 1 s
     print(f"\n[measured] fake vLLM up: {took:.2f} s")
-    status = json.loads(orch_env.run("status", "v", "--json").stdout)
+    (status,) = json.loads(orch_env.run("status", "v", "--json").stdout)
     assert status["state"] == "running" and status["engine"] == "vllm"
     down = orch_env.run("down", "v")
     assert down.returncode == 0, down.stderr

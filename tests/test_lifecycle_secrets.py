@@ -59,7 +59,7 @@ def _check_orch_uses_key(orch: OrchEnv, name: str, up: subprocess.CompletedProce
     assert "warm-up 2: TTFT" in up.stdout
     status = orch.run("status", name, "--json")
     assert status.returncode == 0, status.stderr
-    figures = json.loads(status.stdout)["figures"]
+    figures = json.loads(status.stdout)[0]["figures"]
     assert figures["tokens_predicted_total"] >= 16 and figures["slots_total"] == 1
     bench = orch.run("bench", name, "--runs", "1", "--prompt-tokens", "32", "--json")
     assert bench.returncode == 0, bench.stdout + bench.stderr

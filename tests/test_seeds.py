@@ -2,7 +2,8 @@
 
 Allowed differences, all deliberate: orch runs containers detached, named, labelled and with
 --init instead of --rm -it; publishes on 127.0.0.1 unless a profile says otherwise; adds
---metrics (for `orch status`) and an explicit --host/--port; makes vLLM's defaults explicit;
+--metrics (for `orch status`) and an explicit --host/--port; names the model after the profile
+(--alias, --served-model-name) so clients see a real name; makes vLLM's defaults explicit;
 and gives a container that locks its weights (--mlock) what locking needs (--cap-add=IPC_LOCK,
 --ulimit memlock=-1:-1), without which the seed's command locks nothing beyond 8 MiB.
 Everything else (every flag and value) must match.
@@ -26,7 +27,7 @@ from tests.conftest import PROFILES, TEMPLATES, shipped_plan
 SEEDS = Path(__file__).parent / "seeds"
 NAMES = sorted(p.stem for p in SEEDS.glob("*.sh"))
 
-ORCH_ADDS = {"-d", "--name", "--label", "--init", "--metrics"}
+ORCH_ADDS = {"-d", "--name", "--label", "--init", "--metrics", "--alias", "--served-model-name"}
 SEED_ONLY = {"--rm", "-it"}
 ORCH_ENGINE_DEFAULTS = {"--dtype", "--gpu-memory-utilization", "--host", "--port"}
 BOOL_FLAGS = {
@@ -122,7 +123,9 @@ def test_seed_command_matches(name: str) -> None:
     missing = seed_e - orch_e
     extra = orch_e - seed_e
     if name == "qwen35-397b-iq4-codegen":
-        assert extra == Counter({("--cpu-moe", ""): 1, ("--metrics", ""): 1})
+        assert extra == Counter(
+            {("--cpu-moe", ""): 1, ("--metrics", ""): 1, ("--alias", "qwen35-397b-iq4-codegen"): 1}
+        )
         extra = Counter()
     assert not missing, f"orch lost seed flags: {sorted(missing)}"
     assert all(flag in ORCH_ADDS | ORCH_ENGINE_DEFAULTS for flag, _ in extra), sorted(extra)

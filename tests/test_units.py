@@ -268,8 +268,21 @@ def test_cli_prints_the_unit(cli_env: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["systemd", "demo", "--orch-path", str(orch)]) == 0
     out = capsys.readouterr().out
     assert f"ExecStart={orch} up --foreground demo" in out.splitlines()
-    assert f'Environment="ORCH_PROFILES_DIR={PROFILES}"' in out.splitlines()
+    # no ORCH_PROFILES_DIR: the unit looks where this shell looks ($XDG_CONFIG_HOME/orch, ...)
+    assert f'Environment="XDG_CONFIG_HOME={os.environ["XDG_CONFIG_HOME"]}"' in out.splitlines()
+    assert "ORCH_PROFILES_DIR" not in out
     assert f'Environment="ORCH_STATE_DIR={cli_env / "state"}"' in out.splitlines()
+
+
+def test_cli_unit_keeps_an_explicit_profiles_dir(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCH_PROFILES_DIR", str(PROFILES))
+    orch = fake_executable(cli_env / "orch")
+    assert main(["systemd", "demo", "--orch-path", str(orch)]) == 0
+    out = capsys.readouterr().out
+    assert f'Environment="ORCH_PROFILES_DIR={PROFILES}"' in out.splitlines()
+    assert "XDG_CONFIG_HOME" not in out
 
 
 def test_cli_output_file_verifies(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -198,7 +198,8 @@ def test_vllm_parses_orchs_values(name: str, plans: dict[str, Plan], vllm: dict[
         "trust_remote_code": e.trust_remote_code,
         "enable_auto_tool_choice": e.enable_auto_tool_choice,
         "tool_call_parser": e.tool_call_parser,
-        "served_model_name": [e.served_model_name] if e.served_model_name else None,
+        # the profile's own name unless it sets one: clients see a real name, not a path
+        "served_model_name": [e.served_model_name or plan.name],
     }
     assert {k: got[k] for k in expected} == expected
     if e.enable_prefix_caching is not None:  # None: vLLM's own default
@@ -219,7 +220,8 @@ def test_api_key_file_reaches_vllm_through_its_environment(
 ) -> None:
     plan = plans["vllm-api-key-file"]
     assert plan.secret_env == ("VLLM_API_KEY",)
-    assert not any("key" in a for a in plan.engine_argv)  # no key, no key path in argv
+    # no key, no key path in argv (the served name is the profile's, "vllm-api-key-file")
+    assert not any("key" in a for a in plan.engine_argv if a != plan.name)
     key_file = tmp_path / "vllm.key"
     key_file.write_text("# the serving key\nk-123\n")
     secrets = plan.profile.secrets.model_copy(update={"api_key_file": str(key_file)})

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.bench.stats import Spread, steady_start
+from orchestrator.state import StateStore
 
 SCHEMA = 1
 LEDGER_FILE = "ledger.jsonl"
@@ -218,8 +219,8 @@ def previous_comparable(
 
 
 def folder(state_dir: Path, name: str) -> Path:
-    """Where ``name``'s ledger and charts live."""
-    return state_dir / "bench" / name
+    """Where ``name``'s ledger and charts live (``name`` must be a profile name)."""
+    return StateStore(state_dir).bench_folder(name)
 
 
 def read(path: Path) -> Ledger:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pydantic import ValidationError
 from rich.console import Console
 
 from orchestrator import __version__
 from orchestrator.app import App
-from orchestrator.errors import OrchError
+from orchestrator.errors import OrchError, PreflightError
+from orchestrator.names import require_profile_name
 from orchestrator.settings import load_settings
 
 Handler = Callable[[argparse.Namespace, App, Console], int]
@@ -24,6 +26,13 @@ examples:
   orch plan --dry-run --json demo      the same plan as JSON, for scripts
   orch estimate model.gguf -- -c 32768 -ngl 99 --cpu-moe
   orch up demo && orch status demo && orch down demo
+
+NAME is a profile name: 1-64 characters from a-z 0-9 . _ -, starting with a letter or digit.
+
+where orch looks:
+  orch.toml   $ORCH_CONFIG, else ./orch.toml, $XDG_CONFIG_HOME/orch/orch.toml, /etc/orch/orch.toml
+  profiles    $ORCH_PROFILES_DIR alone, else $XDG_CONFIG_HOME/orch/profiles, then
+              /etc/orch/profiles, then the shipped ones (first match per kind and name wins)
 
 environment:
   ORCH_PROFILES_DIR, ORCH_TEMPLATES_DIR, ORCH_STATE_DIR, ORCH_PODMAN_BINARY,
@@ -72,20 +81,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_names(args)
         app = App(load_settings())
         return handler(args, app, console)
     except OrchError as exc:
         errors.print(f"orch: error: {exc}", markup=False)
         return exc.exit_code
-    except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        errors.print("orch: error: orch settings (orch.toml / ORCH_*):", markup=False)
-        for line in lines:
-            errors.print(f"  {line}", markup=False)
-        return 2
+    except BrokenPipeError:
+        # the reader went away (`orch plan | head`): stop quietly, and keep the final flush
+        # of the closed pipe from failing
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        # the environment, not orch: a folder that is a file, a read-only or vanished path
+        where = f"{exc.filename}: " if exc.filename else ""
+        errors.print(f"orch: error: {where}{exc.strerror or exc}", markup=False)
+        return PreflightError.exit_code
     except KeyboardInterrupt:
         errors.print("orch: interrupted", markup=False)
         return 130
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Every profile name on the command line, before anything touches the disk.
+
+    A NAME becomes a path (``profiles/models/NAME.toml``, ``STATE/run/NAME.json``), a
+    container and a unit name, so one that is not a profile name is refused here (exit 2).
+    """
+    where = f"orch {args.command}"
+    for attr, what in (("name", "NAME"), ("names", "NAME"), ("hardware", "--hardware")):
+        value = getattr(args, attr, None)
+        for name in [value] if isinstance(value, str) else value or []:
+            if attr == "name" and args.command == "detect":
+                what = "--name"
+            require_profile_name(name, where, what)
 
 
 if __name__ == "__main__":

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
+from orchestrator.cli.tables import plain_table, print_memory, print_table
 from orchestrator.engines import LLAMA_SERVERS, adapter_for
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.flagcatalogue import FlagCatalogue
-from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
+from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.gguf_arch import architecture_from_gguf
 from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.llama import CPU, REPACK_AVX2, estimate_llama, place
 from orchestrator.memory.tensors import read_gguf
 from orchestrator.plan import Plan, budgets, require_fit
-from orchestrator.probe import probe_host
+from orchestrator.probe import HostState, probe_host
 from orchestrator.speed import (
     SpeedEstimate,
     engine_run,
@@ -30,6 +32,11 @@ from orchestrator.speed import (
     predict,
     threads_from_args,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.instances import MemoryInUse
+    from orchestrator.runtime import Handle
+    from orchestrator.state import Record
 
 
 def register(commands: Any) -> None:
@@ -131,48 +138,30 @@ def cmd_validate(args: argparse.Namespace, app: App, console: Console) -> int:
 # ---------------------------------------------------------------- plan
 
 
-def _memory_table(title: str, memory: MemoryEstimate, plan: Plan | None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("device", "weights", "kv", "compute", "overhead", "total", "budget", "fits"):
-        table.add_column(column, justify="left" if column == "device" else "right")
-    caps = {b.device: b for b in plan.budget} if plan else {}
-    for device, mem in memory.devices.items():
-        budget = caps.get(device)
-        table.add_row(
-            device,
-            _gib(mem.weights),
-            _gib(mem.kv),
-            _gib(mem.compute),
-            _gib(mem.overhead),
-            _gib(mem.total),
-            _gib(budget.capacity) if budget else "-",
-            ("yes" if budget.fits else f"NO (+{budget.over_by / GIB:.2f})") if budget else "-",
-        )
-    return table
-
-
-def _speed_table(speed: SpeedEstimate) -> Table:
-    table = Table(title="speed (predicted)", title_justify="left")
-    for column in ("", "tok/s", "range", f"at {speed.ctx:,} ctx", "time per token"):
-        table.add_column(column, justify="left" if not column else "right")
+def _print_speed(console: Console, speed: SpeedEstimate) -> None:
+    columns = ("phase", "tok/s", "range", f"at {speed.ctx:,} ctx")
+    table = plain_table("speed (predicted)", columns)
+    (d_low, d_high), (p_low, p_high) = speed.decode_range, speed.prefill_range
+    rows = [
+        [
+            "decode",
+            f"{speed.decode_tps:.1f}",
+            f"{d_low:.1f}-{d_high:.1f}",
+            f"{speed.decode_tps_at_ctx:.1f}",
+        ],
+        ["prefill", f"{speed.prefill_tps:.0f}", f"{p_low:.0f}-{p_high:.0f}", "-"],
+    ]
+    for row in rows:
+        table.add_row(*row)
+    print_table(console, table, rows)
     parts = []
     for device, spent in speed.breakdown.items():
         ms = sum(spent.values()) * 1e3
         if ms >= 0.05:
             parts.append(f"{device} {ms:.1f} ms")
-    low, high = speed.decode_range
-    table.add_row(
-        "decode",
-        f"{speed.decode_tps:.1f}",
-        f"{low:.1f}-{high:.1f}",
-        f"{speed.decode_tps_at_ctx:.1f}",
-        ", ".join(parts),
-    )
-    low, high = speed.prefill_range
-    table.add_row(
-        "prefill", f"{speed.prefill_tps:.0f}", f"{low:.0f}-{high:.0f}", "", "2048-token prompt"
-    )
-    return table
+    if parts:
+        console.print(f"  decode time per token: {', '.join(parts)}", markup=False)
+    console.print("  prefill: a 2048-token prompt", markup=False)
 
 
 def _print_placement(console: Console, auto: AutoPlacement) -> None:
@@ -199,7 +188,9 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
 
-def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
+def _print_plan(
+    console: Console, plan: Plan, problems: list[str], notes: list[str] | None = None
+) -> None:
     console.print(f"[bold]{plan.name}[/bold]  ({plan.source})")
     desc = plan.profile.description
     if desc:
@@ -216,11 +207,11 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
     console.print()
     console.print(plan.display(), markup=False)
     console.print()
-    console.print(_memory_table("memory", plan.memory, plan))
+    print_memory(console, "memory", plan.memory, plan.budget)
     for note in plan.memory.notes:
         console.print(f"  note: {note}", markup=False)
     if plan.speed is not None:
-        console.print(_speed_table(plan.speed))
+        _print_speed(console, plan.speed)
         for note in plan.speed.notes:
             console.print(f"  note: {note}", markup=False)
     if plan.placement is not None:
@@ -231,6 +222,8 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
         console.print("  [bold red]does not fit[/bold red]")
         for suggestion in plan.suggestions:
             console.print(f"  would fit with: {suggestion}", markup=False)
+    for note in notes or []:
+        console.print(f"  note: {note}", markup=False)
     for problem in problems:
         console.print(f"  [red]cannot start here:[/red] {problem}")
     console.print()
@@ -246,36 +239,112 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
     host = None if args.dry_run else probe_host()
     results: list[dict[str, Any]] = []
     worst = 0
-    for name in names:
-        resolved = app.resolve(name, args.hardware)
-        if args.placement == "auto":
-            if not adapter_for(resolved.profile.engine).places_layers:
-                Console(stderr=True).print(
-                    f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
-                    "by tensor_parallel_size, so this plan is unchanged",
-                    markup=False,
-                )
-            resolved = as_auto(resolved)
-        plan = app.plan_for(resolved, read_header=not args.dry_run)
-        problems: list[str] = []
-        if host is not None:
-            problems = live_problems(plan, resolved, host)
-        if not plan.fits:
-            worst = max(worst, BudgetError.exit_code)
-        if problems:
-            worst = max(worst, PreflightError.exit_code)
-        if args.json:
-            data = plan.to_json()
-            data["live_problems"] = problems
-            data["dry_run"] = bool(args.dry_run)
-            results.append(data)
-        else:
-            _print_plan(console, plan, problems)
+    stack = contextlib.ExitStack()  # a podman connection, if a running instance needs one
+    with stack:
+        for name in names:
+            code, plan = _plan_one(args, app, console, name, host, stack, results)
+            worst = max(worst, code)
     if args.json:
         console.print_json(json.dumps(results if len(results) != 1 else results[0]))
     if worst == BudgetError.exit_code and len(names) == 1:
         require_fit(plan)  # one profile: say why on stderr too, with the suggestions
     return worst
+
+
+def _plan_one(
+    args: argparse.Namespace,
+    app: App,
+    console: Console,
+    name: str,
+    host: HostState | None,
+    stack: contextlib.ExitStack,
+    results: list[dict[str, Any]],
+) -> tuple[int, Plan]:
+    """Plan ``name``, print it (or add its JSON to ``results``); its exit code and plan."""
+    worst = 0
+    resolved = app.resolve(name, args.hardware)
+    if args.placement == "auto":
+        if not adapter_for(resolved.profile.engine).places_layers:
+            Console(stderr=True).print(
+                f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
+                "by tensor_parallel_size, so this plan is unchanged",
+                markup=False,
+            )
+        resolved = as_auto(resolved)
+    plan = app.plan_for(resolved, read_header=not args.dry_run)
+    problems: list[str] = []
+    notes: list[str] = []
+    running: dict[str, Any] | None = None
+    if host is not None:
+        own = _own_instance(app, name, stack)
+        own_port = None
+        if own is not None:
+            record, handle, in_use = own
+            own_port = record.port
+            host = _freed(host, in_use)  # replacing it would free what it holds
+            running = {
+                "what": handle.describe(),
+                "endpoint": record.endpoint,
+                "plan_hash": record.plan_hash,
+                "plan_matches": record.plan_hash == plan.plan_hash,
+                "started_by": "orch serve" if record.gateway_pid else "orch up",
+            }
+            notes.append(_running_note(plan, running))
+        problems = live_problems(plan, resolved, host, own_port=own_port)
+    if not plan.fits:
+        worst = max(worst, BudgetError.exit_code)
+    if problems:
+        worst = max(worst, PreflightError.exit_code)
+    if args.json:
+        data = plan.to_json()
+        data["live_problems"] = problems
+        data["dry_run"] = bool(args.dry_run)
+        if not args.dry_run:
+            data["running"] = running
+        results.append(data)
+    else:
+        _print_plan(console, plan, problems, notes)
+    return worst, plan
+
+
+def _own_instance(
+    app: App, name: str, stack: contextlib.ExitStack
+) -> tuple[Record, Handle, MemoryInUse] | None:
+    """This profile's running instance (one orch provably started) and what it holds."""
+    from orchestrator import instances
+    from orchestrator.lifecycle import Lifecycle
+    from orchestrator.state import StateStore
+
+    life = Lifecycle(
+        app, StateStore(app.settings.state_dir), instances.Runtimes(app.settings, stack)
+    )
+    found = life.running(name)
+    if found is None:
+        return None
+    record, handle = found
+    return record, handle, instances.memory_in_use(handle.pids())
+
+
+def _freed(host: HostState, in_use: MemoryInUse) -> HostState:
+    gpus = tuple(
+        replace(g, free_mib=g.free_mib + in_use.gpu_bytes.get(g.index, 0) // MIB) for g in host.gpus
+    )
+    return replace(host, ram_available_bytes=host.ram_available_bytes + in_use.rss_bytes, gpus=gpus)
+
+
+def _running_note(plan: Plan, running: dict[str, Any]) -> str:
+    where = f"{plan.name} is running ({running['what']}, started by {running['started_by']}) at "
+    where += running["endpoint"]
+    if running["plan_matches"]:
+        return (
+            f"{where} with this plan ({plan.plan_hash}): `orch up {plan.name}` leaves it as it is; "
+            "its port and memory count as available here"
+        )
+    return (
+        f"{where} with a different plan ({running['plan_hash']}; this one is {plan.plan_hash}): "
+        f"`orch up --replace {plan.name}` restarts it with this one; its port and memory count "
+        "as available here"
+    )
 
 
 # ---------------------------------------------------------------- estimate
@@ -356,33 +425,78 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         placed = place(tensors, arch.n_layer, cfg)
         work = llama_workload(arch, tensors, placed, cfg, adapter.kind, None)
         speed = predict(work, hardware, run, cfg.ctx or arch.ctx_train)
+    plan_budget = budgets(memory, hardware) if hardware else ()
     fit_note = _fit_note(server_args, adapter.catalogue)
     notes = [*memory.notes, *([fit_note] if fit_note else [])]
+    unused = gpu_flags(server_args, adapter.catalogue) if hardware is None else []
+    if unused:
+        notes.insert(
+            0,
+            f"no GPU assumed (no --hardware): {', '.join(unused)} had no effect, everything "
+            "is counted on the CPU; pass --hardware NAME to use its GPUs",
+        )
     if args.json:
         data = memory.to_json()
         data["notes"] = notes
+        data["budget"] = [
+            {"device": b.device, "need": b.need, "capacity": b.capacity, "fits": b.fits}
+            for b in plan_budget
+        ]
         data["speed"] = speed.to_json() if speed else None
         console.print_json(json.dumps(data))
-        return 0
-    types: dict[str, int] = {}
-    for tensor in header.tensors:
-        types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
-    console.print(
-        f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
-        f"in {len(header.files)} file(s), {sum(t.nbytes for t in header.tensors):,} bytes of "
-        f"weights ({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})",
-        markup=False,
-    )
-    plan_budget = budgets(memory, hardware) if hardware else ()
-    table = _memory_table("estimate", memory, None)
-    console.print(table)
-    for b in plan_budget:
-        if not b.fits:
-            console.print(f"  {b.device}: over budget by {b.over_by / GIB:.2f} GiB", markup=False)
-    for note in notes:
-        console.print(f"  note: {note}", markup=False)
-    if speed is not None:
-        console.print(_speed_table(speed))
     else:
-        console.print("  note: pass --hardware for a speed estimate", markup=False)
+        types: dict[str, int] = {}
+        for tensor in header.tensors:
+            types[tensor.type_name] = types.get(tensor.type_name, 0) + 1
+        console.print(
+            f"{path}: {arch.gguf_arch}, {arch.n_layer} blocks, {len(header.tensors)} tensors "
+            f"in {len(header.files)} file(s), {sum(t.nbytes for t in header.tensors):,} bytes "
+            f"of weights ({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})",
+            markup=False,
+        )
+        print_memory(console, "estimate", memory, plan_budget)
+        for note in notes:
+            console.print(f"  note: {note}", markup=False)
+        if speed is not None:
+            _print_speed(console, speed)
+        else:
+            console.print("  note: pass --hardware for a speed estimate", markup=False)
+    over = [b for b in plan_budget if not b.fits]
+    if over:
+        raise BudgetError(
+            f"{path}: does not fit hardware {args.hardware}:\n  "
+            + "\n  ".join(
+                f"{b.device}: needs {b.need / GIB:.2f} GiB, budget {b.capacity / GIB:.2f} GiB "
+                f"(over by {b.over_by / GIB:.2f} GiB)"
+                for b in over
+            )
+        )
     return 0
+
+
+GPU_FLAGS = (
+    "--n-gpu-layers",
+    "--tensor-split",
+    "--main-gpu",
+    "--split-mode",
+    "--device",
+    "--cpu-moe",
+    "--n-cpu-moe",
+)
+"""llama-server flags that only mean something with a GPU (any spelling of each)."""
+
+
+def gpu_flags(server_args: list[str], catalogue: FlagCatalogue) -> list[str]:
+    """The GPU flags in a llama-server command line, as written (``-ot`` only naming a GPU)."""
+    wanted = {catalogue.canonical(flag) for flag in GPU_FLAGS}
+    ngl, ot = catalogue.canonical("--n-gpu-layers"), catalogue.canonical("--override-tensor")
+    found = []
+    for i, arg in enumerate(server_args):
+        name, _, inline = arg.partition("=")
+        flag = catalogue.canonical(name)
+        value = inline or (server_args[i + 1] if i + 1 < len(server_args) else "")
+        if flag in wanted and not (flag == ngl and value == "0"):
+            found.append(name)
+        elif flag == ot and "CUDA" in value:
+            found.append(name)
+    return list(dict.fromkeys(found))

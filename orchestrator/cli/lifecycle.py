@@ -15,11 +15,11 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator import instances
 from orchestrator.app import App
-from orchestrator.errors import NotRunningError
+from orchestrator.cli.tables import plain_table, print_table
+from orchestrator.errors import NotRunningError, OrchError
 from orchestrator.lifecycle import Event, Lifecycle, Started, UpOptions, comparable_memory
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.notify import Notifier
@@ -28,7 +28,7 @@ from orchestrator.progress import LoadProgress
 from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
-from orchestrator.state import StateStore
+from orchestrator.state import CorruptRecord, StateStore
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
@@ -48,6 +48,21 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt, whatever was inherited.
+
+    A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    across exec: without this, Ctrl-C (or a test's SIGINT) could not end ``orch logs -f``.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _sigterm_raises():
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def register(commands: Any) -> None:
@@ -332,19 +347,26 @@ def _supervise(
 def cmd_down(args: argparse.Namespace, app: App, console: Console) -> int:
     """Stop instances."""
     store = _store(app)
-    names: list[str] = [r.name for r in store.all()] if args.all else list(args.names)
+    names: list[str] = list(args.names)
+    if args.all:
+        records, corrupt = store.scan()  # corrupt records are cleared, never acted on
+        names = sorted({r.name for r in records} | {c.name for c in corrupt if c.valid_name})
     if not names:
         if args.all:
             console.print("nothing running", markup=False)
             return 0
         raise NotRunningError("orch down: name a profile, or use --all")
-    missing = []
+    unknown = []
+    profiles = set(app.catalog.model_names())
     with contextlib.ExitStack() as stack:
         life = Lifecycle(app, store, instances.Runtimes(app.settings, stack))
         for name in names:
             done = life.down(name, args.grace)
-            if done.outcome == "missing":
-                missing.append(name)
+            if done.outcome == "missing" and name not in profiles:
+                unknown.append(name)
+            elif done.outcome == "missing":
+                # already stopped is success, as for `systemctl stop` and `podman stop`
+                console.print(f"{name}: not running; nothing to stop", markup=False)
             elif done.outcome == "cleared":
                 console.print(
                     f"{name}: was not running ({done.detail}); cleared its record", markup=False
@@ -353,32 +375,43 @@ def cmd_down(args: argparse.Namespace, app: App, console: Console) -> int:
                 console.print(
                     f"{name}: stopped {done.detail} in {done.seconds:.2f} s", markup=False
                 )
-    if missing:
-        raise NotRunningError(f"not running: {', '.join(missing)} (no record in {store.run_dir})")
+    if unknown:
+        raise NotRunningError(
+            f"not running: {', '.join(unknown)} (no record in {store.run_dir}, and no profile "
+            "of that name)"
+        )
     return 0
 
 
 def cmd_status(args: argparse.Namespace, app: App, console: Console) -> int:
     """State, uptime, pid/container, port and live figures."""
     store = _store(app)
-    records = store.all()
+    records, corrupt = store.scan()
     if args.name:
         records = [r for r in records if r.name == args.name]
-        if not records:
+        corrupt = [c for c in corrupt if c.name == args.name]
+        if not records and not corrupt:
             raise NotRunningError(f"{args.name} is not running (no record in {store.run_dir})")
     rows = []
     with contextlib.ExitStack() as stack:
         life = Lifecycle(app, store, instances.Runtimes(app.settings, stack))
         for record in records:
             key = None
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OrchError):
                 key = instances.api_key(app.resolve(record.name).profile, os.environ)
             rows.append(life.state_of(record, key))
+    rows.extend(corrupt_row(c) for c in corrupt)
+    rows.sort(key=lambda row: str(row["name"]))
     if args.json:
-        console.print_json(json.dumps(rows if not args.name else rows[0]))
+        # always a list, one object per instance, with or without NAME
+        console.print_json(json.dumps(rows))
     elif not rows:
         console.print("nothing running", markup=False)
     for row in [] if args.json else rows:
+        if row["state"] == "corrupt record":
+            console.print(f"{row['name']}: corrupt record", markup=False)
+            console.print(f"  {row['detail']}", markup=False)
+            continue
         where = f"pid {row['pid']}" if row["pid"] else f"container {row['container']}"
         up = _uptime(row["uptime_s"]) if row["uptime_s"] is not None else "-"
         by = _started_by(row)
@@ -401,8 +434,31 @@ def cmd_status(args: argparse.Namespace, app: App, console: Console) -> int:
             console.print("  " + ", ".join(parts), markup=False)
         if row.get("rss_bytes"):
             console.print(f"  RSS {_size(row['rss_bytes'])}", markup=False)
-    bad = [r for r in rows if r["state"] == "not running"]
+    bad = [r for r in rows if r["state"] in ("not running", "corrupt record")]
     return NotRunningError.exit_code if bad and args.name else 0
+
+
+def corrupt_row(corrupt: CorruptRecord) -> dict[str, Any]:
+    """A status row for a record that is not trusted: the same keys, nothing live."""
+    fix = f"`orch down {corrupt.name}` removes it" if corrupt.valid_name else "remove it"
+    return {
+        "name": corrupt.name,
+        "runtime": None,
+        "engine": None,
+        "state": "corrupt record",
+        "detail": f"{corrupt} ({fix})",
+        "pid": None,
+        "container": None,
+        "container_id": None,
+        "endpoint": None,
+        "port": None,
+        "plan_hash": None,
+        "started_at": None,
+        "uptime_s": None,
+        "log": None,
+        "started_by": None,
+        "gateway_pid": None,
+    }
 
 
 def _started_by(row: dict[str, Any]) -> str:
@@ -414,23 +470,33 @@ def _started_by(row: dict[str, Any]) -> str:
 def cmd_ps(args: argparse.Namespace, app: App, console: Console) -> int:
     """One line per instance orch started."""
     store = _store(app)
-    table = Table(title=None)
-    for column in ("name", "runtime", "state", "pid/container", "port", "uptime", "started by"):
-        table.add_column(column)
+    rows: list[list[str]] = []
     with contextlib.ExitStack() as stack:
         runtimes = instances.Runtimes(app.settings, stack)
-        for record in store.all():
+        records, corrupt = store.scan()
+        for bad in corrupt:
+            rows.append([bad.name, "-", "corrupt record", "-", "-", "-", "-"])
+        for record in records:
             alive = runtimes.attach(record).alive()
-            table.add_row(
-                record.name,
-                record.runtime,
-                "running" if alive else "not running",
-                str(record.pid) if record.pid else (record.container_name or "-"),
-                str(record.port),
-                _uptime(time.time() - record.started_at) if alive else "-",
-                _started_by({"gateway_pid": record.gateway_pid}),
+            rows.append(
+                [
+                    record.name,
+                    record.runtime,
+                    "running" if alive else "not running",
+                    str(record.pid) if record.pid else (record.container_name or "-"),
+                    str(record.port),
+                    _uptime(time.time() - record.started_at) if alive else "-",
+                    _started_by({"gateway_pid": record.gateway_pid}),
+                ]
             )
-    console.print(table)
+    if not rows:
+        console.print("nothing running", markup=False)
+        return 0
+    columns = ("name", "runtime", "state", "pid/container", "port", "uptime", "started by")
+    table = plain_table(None, columns, right_from=len(columns))
+    for row in sorted(rows):
+        table.add_row(*row)
+    print_table(console, table, sorted(rows))
     return 0
 
 
@@ -438,12 +504,16 @@ def cmd_logs(args: argparse.Namespace, app: App, console: Console) -> int:
     """Print (and follow) an instance's output; Ctrl-C or SIGTERM ends following (exit 0)."""
     store = _store(app)
     lines = max(int(args.lines), 0)
-    record = store.load(args.name)
     log_path = store.log_path(args.name)
-    if record is None and not log_path.exists():
+    try:
+        record = store.load(args.name)
+    except CorruptRecord as exc:
+        _err(f"orch: warning: {exc}; showing {log_path}")
+        record = None
+    if record is None and not log_path.is_file():
         raise NotRunningError(f"{args.name}: no record and no log at {log_path}")
     try:
-        with _sigterm_raises(), contextlib.ExitStack() as stack:
+        with _interrupts_raise(), contextlib.ExitStack() as stack:
             if record is None:
                 _write_lines(process_rt.tail_file(log_path, lines) if lines else [])
                 return 0
@@ -455,11 +525,11 @@ def cmd_logs(args: argparse.Namespace, app: App, console: Console) -> int:
                 else:
                     _write_lines(handle.log_tail(lines) if lines else [])
             elif args.follow:
-                if not Path(record.log_path).is_file():
-                    raise NotRunningError(f"{args.name}: its log {record.log_path} is gone")
-                _follow_file(Path(record.log_path), lines, handle)
+                if not log_path.is_file():
+                    raise NotRunningError(f"{args.name}: its log {log_path} is gone")
+                _follow_file(log_path, lines, handle)
             else:
-                _write_lines(process_rt.tail_file(Path(record.log_path), lines) if lines else [])
+                _write_lines(process_rt.tail_file(log_path, lines) if lines else [])
     except (Terminated, KeyboardInterrupt):
         pass  # the way to stop following; the podman service (if any) is closed by now
     except BrokenPipeError:

@@ -18,6 +18,7 @@ from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import read_gguf, split_paths
 from orchestrator.newprofile import check_name, pick_port, propose, taken_ports, write_files
 from orchestrator.probe import missing_files, port_in_use
+from orchestrator.settings import config_home
 from orchestrator.systemd import install, unit_dir
 from orchestrator.units import (
     UnitHost,
@@ -140,8 +141,12 @@ def find_orch(explicit: str | None = None) -> str:
 def unit_environment(app: App) -> dict[str, str]:
     """What the service needs from this shell: orch's settings and PATH."""
     s = app.settings
-    env = {
-        "ORCH_PROFILES_DIR": str(s.profiles_dir.expanduser().absolute()),
+    env = {}
+    if s.profiles_dir is not None:
+        env["ORCH_PROFILES_DIR"] = str(s.profiles_dir.expanduser().absolute())
+    else:  # the same layers as this shell: its $XDG_CONFIG_HOME/orch, /etc/orch, shipped
+        env["XDG_CONFIG_HOME"] = str(config_home().parent.expanduser().absolute())
+    env |= {
         "ORCH_TEMPLATES_DIR": str(s.templates_dir.expanduser().absolute()),
         "ORCH_STATE_DIR": str(s.state_dir.expanduser().absolute()),
         "ORCH_PODMAN_BINARY": s.podman_binary,
@@ -214,7 +219,7 @@ def cmd_detect(args: argparse.Namespace, app: App, console: Console) -> int:
         check_name(name)
     except OrchError as exc:
         raise ProfileError("orch detect", [f"--name: {exc}"]) from None
-    path = app.settings.profiles_dir / "hardware" / f"{name}.toml"
+    path = app.settings.own_profiles_dir / "hardware" / f"{name}.toml"
     write_files({path: text}, force=args.force)
     console.print(f"wrote {path}", markup=False)
     for note in detected.notes:
@@ -247,7 +252,7 @@ def cmd_new(args: argparse.Namespace, app: App, console: Console) -> int:
     missing = missing_files(split_paths(gguf))
     if missing:
         raise PreflightError(f"--from-gguf: {', '.join(map(str, missing))} not found")
-    root = app.settings.profiles_dir
+    root = app.settings.own_profiles_dir
     arch_path = root / "architectures" / f"{name}.toml"
     model_path = root / "models" / f"{name}.toml"
     existing = [p for p in (arch_path, model_path) if p.exists()]
@@ -260,7 +265,8 @@ def cmd_new(args: argparse.Namespace, app: App, console: Console) -> int:
     except (OSError, ValueError) as exc:
         raise PreflightError(f"--from-gguf: {gguf} is not a readable GGUF file: {exc}") from None
     bind_host = app.settings.default_bind_host
-    port = pick_port(taken_ports(root / "models"), lambda p: port_in_use(bind_host, p))
+    taken = set().union(*(taken_ports(folder / "models") for folder in app.catalog.roots))
+    port = pick_port(taken, lambda p: port_in_use(bind_host, p))
     try:
         proposal = propose(
             name,

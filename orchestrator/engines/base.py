@@ -118,6 +118,8 @@ class EngineAdapter(ABC):
     """Placement is per layer and tensor (``-ngl``, ``-ot``), so ``placement = "auto"`` applies."""
     help_lists_flags: ClassVar[bool]
     """``BINARY --help`` is cheap and lists the flags, so ``orch up`` checks them against it."""
+    model_id_flag: ClassVar[str]
+    """The flag naming the model id the server reports (orch renders the profile name)."""
 
     @property
     def catalogue(self) -> FlagCatalogue:
@@ -154,9 +156,31 @@ class EngineAdapter(ABC):
         """Variables the template needs beyond the plan's (``e`` and ``caps`` at least)."""
         return {"e": engine, "caps": self.caps(engine.version)}
 
-    @abstractmethod
+    def own_model_id(self, engine: EngineSettings) -> str | None:
+        """The model id the profile sets itself: :attr:`model_id_flag` in ``extra_args``.
+
+        Any spelling of the flag counts, ``--flag=value`` too; None when the profile sets none.
+        """
+        args = list(engine.extra_args)
+        spellings = self.catalogue.aliases(self.model_id_flag)
+        for i, arg in enumerate(args):
+            flag, eq, value = arg.partition("=")
+            if flag in spellings:
+                return value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        return None
+
+    def model_id(self, profile: ModelProfile, name: str) -> str:
+        """The model id the engine reports: the profile's own, else the profile name ``name``.
+
+        Unless the profile sets one, orch renders :attr:`model_id_flag` with the profile name,
+        so clients see a real name rather than a file path.
+        """
+        own = self.own_model_id(profile.engine)
+        return name if own is None else own
+
     def model_name(self, profile: ModelProfile, name: str) -> str:
-        """The ``model`` field orch's requests send."""
+        """The ``model`` field orch's requests send: :meth:`model_id`."""
+        return self.model_id(profile, name)
 
     def served_name(self, profile: ModelProfile, name: str) -> str | None:
         """A name ``/v1/models`` must list before the engine counts as ready (None: any)."""

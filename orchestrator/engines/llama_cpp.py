@@ -26,7 +26,7 @@ from orchestrator.memory.llama import (
 )
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import HardwareProfile, LlamaEngine, ModelProfile
+from orchestrator.profiles.schema import HardwareProfile, LlamaEngine
 from orchestrator.search import largest, with_engine
 
 LOAD_MODE_SINCE_BUILD = 10114
@@ -53,6 +53,7 @@ class LlamaServerAdapter(EngineAdapter):
     reports_timings: ClassVar[bool] = True
     places_layers: ClassVar[bool] = True
     help_lists_flags: ClassVar[bool] = True
+    model_id_flag: ClassVar[str] = "--alias"
 
     def settings_problems(self, engine: EngineSettings) -> list[str]:
         """``-ger`` and ``--cache-ram`` where this engine (version) has none."""
@@ -74,10 +75,6 @@ class LlamaServerAdapter(EngineAdapter):
             **super().template_context(e),
             "override_tensors": ",".join(f"{r.pattern}={r.device}" for r in e.override_tensors),
         }
-
-    def model_name(self, profile: ModelProfile, name: str) -> str:
-        """The profile name (llama-server serves one model and ignores the field)."""
-        return name
 
     def slots(self, engine: EngineSettings) -> int:
         """``-np``, else the engine's default."""
@@ -319,7 +316,9 @@ class LlamaServerAdapter(EngineAdapter):
         if switched("--mlock"):
             load_mode = "mlock"
         split_raw = given("--tensor-split")
-        split = tuple(float(x) for x in split_raw.split(",")) if split_raw else ()
+        split = (
+            tuple(_fraction("--tensor-split", x) for x in split_raw.split(",")) if split_raw else ()
+        )
         # -np auto (the default): upstream's 4 slots share one unified KV stream; -np N, one
         # stream each.
         parallel_raw = given("--parallel") or "-1"
@@ -371,6 +370,13 @@ def _integer(flag: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise ArgsError(f"{flag}: expected an integer, got {value!r}") from None
+
+
+def _fraction(flag: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ArgsError(f"{flag}: expected numbers, got {value!r}") from None
 
 
 class LlamaCppAdapter(LlamaServerAdapter):

@@ -33,15 +33,16 @@ class VllmAdapter(EngineAdapter):
     places_layers: ClassVar[bool] = False
     help_lists_flags: ClassVar[bool] = False
     """Its ``--help`` imports torch: seconds per check."""
+    model_id_flag: ClassVar[str] = "--served-model-name"
 
     def caps(self, version: str) -> EngineCaps:
         """None of llama-server's choices apply."""
         return EngineCaps()
 
-    def model_name(self, profile: ModelProfile, name: str) -> str:
-        """``--served-model-name``, else what ``vllm serve`` was given (vLLM checks it)."""
-        engine = vllm_settings(profile.engine)
-        return engine.served_model_name or profile.model.hf_repo or profile.model.path
+    def own_model_id(self, engine: EngineSettings) -> str | None:
+        """``--served-model-name`` in ``extra_args``, else ``engine.served_model_name``."""
+        own = super().own_model_id(engine)
+        return own if own is not None else vllm_settings(engine).served_model_name or None
 
     def slots(self, engine: EngineSettings) -> int:
         """``max_num_seqs``."""
@@ -52,8 +53,8 @@ class VllmAdapter(EngineAdapter):
         return vllm_settings(engine).max_model_len
 
     def served_name(self, profile: ModelProfile, name: str) -> str | None:
-        """The model name: vLLM answers /health before it lists the model."""
-        return self.model_name(profile, name)
+        """The model id: vLLM answers /health before it lists the model (and checks the field)."""
+        return self.model_id(profile, name)
 
     def estimate(
         self,

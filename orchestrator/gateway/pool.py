@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import time
@@ -30,7 +31,7 @@ from orchestrator.probe import probe_gpus
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.progress import LoadProgress
 from orchestrator.runtime import STOP_GRACE_S, Handle
-from orchestrator.state import Record, StateStore
+from orchestrator.state import CorruptRecord, Record, StateStore
 
 TICK_S = 0.1
 LIVENESS_EVERY_S = 1.0
@@ -429,7 +430,9 @@ class Pool:
         plan, resolved = served.plans[key], served.resolved[key]
         served.timings["load"] = time.monotonic()
         served.error, served.progress, served.phase = "", None, "loading"
-        existing = self.store.load(load.model)
+        existing = None
+        with contextlib.suppress(CorruptRecord):  # up() notes and replaces a corrupt record
+            existing = self.store.load(load.model)
         replace = existing is not None and existing.plan_hash != plan.plan_hash
         options = UpOptions(
             replace=replace, gateway_pid=os.getpid(), check_memory=self.check_memory
@@ -548,9 +551,7 @@ def _durations(marks: dict[str, float]) -> dict[str, float]:
 
 
 def _with_gateway(record: Record, pid: int) -> Record:
-    data = record.to_json()
-    data["gateway_pid"] = pid
-    return Record.from_json(data)
+    return dataclasses.replace(record, gateway_pid=pid)
 
 
 def _load_error(exc: OrchError) -> tuple[int, str]:

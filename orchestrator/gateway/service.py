@@ -36,7 +36,7 @@ from orchestrator.state import StateStore
 
 def gateway_dir(state_dir: Path) -> Path:
     """Where the gateway keeps its lock and its status file."""
-    return state_dir / "gateway"
+    return StateStore(state_dir).gateway_dir
 
 
 def read_info(state_dir: Path) -> dict[str, Any] | None:
@@ -51,10 +51,13 @@ def read_info(state_dir: Path) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[Path]:
     """Hold the gateway lock of ``state_dir``, or raise PreflightError naming the holder."""
-    folder = gateway_dir(state_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    store = StateStore(state_dir)
+    folder = store.ensure(store.gateway_dir)
     path = folder / "serve.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise store.error("open", path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -228,26 +230,38 @@ class ResolvedProfile:
 
 
 class Catalog:
-    """The profiles tree: ``models/``, ``architectures/`` and ``hardware/`` below one folder."""
+    """The profiles tree: ``models/``, ``architectures/`` and ``hardware/`` below one folder.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    Given several folders (layers), each kind and name is looked up in them in order and the
+    first file found wins whole; ``names`` lists the union.
+    """
+
+    def __init__(self, root: Path | Sequence[Path]) -> None:
+        self.roots = (root,) if isinstance(root, Path) else tuple(root)
+        self.root = self.roots[0]
 
     def _dir(self, kind: str) -> Path:
         return self.root / kind
 
     def names(self, kind: str) -> list[str]:
         """Profile names of one kind, sorted; files starting with ``_`` are bases only."""
-        folder = self._dir(kind)
-        if not folder.is_dir():
-            return []
-        return sorted(p.stem for p in folder.glob("*.toml") if not p.stem.startswith("_"))
+        found: set[str] = set()
+        for root in self.roots:
+            folder = root / kind
+            with contextlib.suppress(OSError):
+                if folder.is_dir():
+                    found.update(p.stem for p in folder.glob("*.toml"))
+        return sorted(n for n in found if not n.startswith("_"))
 
     def model_names(self) -> list[str]:
         """Launchable profile names."""
         return self.names("models")
 
     def _path(self, kind: str, name: str) -> Path:
+        for root in self.roots:
+            path = root / kind / f"{name}.toml"
+            if path.is_file():
+                return path
         return self._dir(kind) / f"{name}.toml"
 
     def source(self, kind: str, name: str) -> str:

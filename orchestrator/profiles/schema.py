@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.ggml_types import GGML_TYPES
-
-PROFILE_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+from orchestrator.names import PROFILE_NAME as PROFILE_NAME
 
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 LoadMode = Literal["mmap", "no-mmap", "mlock"]

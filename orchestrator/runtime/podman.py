@@ -23,8 +23,10 @@ from podman.api import stream_frames
 from podman.errors import APIError, NotFound
 
 from orchestrator.errors import LaunchError, PreflightError
+from orchestrator.state import CONTAINER_ID, StateStore, open_for_writing
 
 LABEL = "orch.profile"
+PLAN_LABEL = "orch.plan"
 SERVICE_IDLE_S = 60
 """``podman system service --time``: the service exits on its own if orch is killed."""
 
@@ -68,8 +70,9 @@ def connect(podman_binary: str, state_dir: Path, *, wait_s: float = 15.0) -> Ite
             finally:
                 client.close()  # type: ignore[no-untyped-call]
             return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    sock = state_dir / f"podman.{os.getpid()}.sock"
+    store = StateStore(state_dir)
+    store.ensure(state_dir)
+    sock = store.podman_socket(os.getpid())
     sock.unlink(missing_ok=True)
     uri = f"unix://{sock}"
     try:
@@ -120,16 +123,43 @@ def _state(attrs: dict[str, Any]) -> tuple[str, int | None, int | None]:
     return str(state or "unknown"), attrs.get("ExitCode"), attrs.get("Pid") or None
 
 
+def _labels(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A container's labels, from inspect (``Config.Labels``) or list (``Labels``) attrs."""
+    config = attrs.get("Config")
+    labels = config.get("Labels") if isinstance(config, dict) else attrs.get("Labels")
+    return labels if isinstance(labels, dict) else {}
+
+
 class ContainerHandle:
     """A container orch launched, managed over the API."""
 
-    def __init__(self, client: PodmanClient, container_id: str, name: str) -> None:
-        """Attach to ``container_id``."""
+    def __init__(
+        self,
+        client: PodmanClient,
+        container_id: str,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Attach to ``container_id``.
+
+        ``labels``: attached from a record, the labels orch gave it (``orch.profile``,
+        ``orch.plan``). A container whose labels differ is not this instance: it reads as
+        ``foreign`` and is never stopped, removed or read. None when orch just launched it.
+        """
         self.client = client
         self.id = container_id
         self.name = name
+        self.labels = dict(labels) if labels is not None else None
 
     def _attrs(self) -> dict[str, Any] | None:
+        """Inspect attrs; None when it is gone or (attached from a record) not orch's."""
+        attrs = self._inspect()
+        return attrs if attrs is not None and self._ours(attrs) else None
+
+    def _inspect(self) -> dict[str, Any] | None:
+        if not CONTAINER_ID.fullmatch(self.id):
+            return None
         try:
             container = self.client.containers.get(self.id)
         except NotFound:
@@ -137,14 +167,22 @@ class ContainerHandle:
         attrs: dict[str, Any] = container.attrs
         return attrs
 
+    def _ours(self, attrs: dict[str, Any]) -> bool:
+        if self.labels is None:
+            return True
+        found = _labels(attrs)
+        return all(found.get(k) == v for k, v in self.labels.items())
+
     def exists(self) -> bool:
-        """Whether the container still exists (running or not)."""
+        """Whether the container still exists (running or not) and is orch's."""
         return self._attrs() is not None
 
     def status(self) -> str:
-        """``running``, ``exited``, … or ``gone`` when it was removed."""
-        attrs = self._attrs()
-        return "gone" if attrs is None else _state(attrs)[0]
+        """``running``, ``exited``, …; ``gone`` when removed; ``foreign`` when not orch's."""
+        attrs = self._inspect()
+        if attrs is None:
+            return "gone"
+        return _state(attrs)[0] if self._ours(attrs) else "foreign"
 
     def alive(self) -> bool:
         """Whether it is running."""
@@ -158,26 +196,45 @@ class ContainerHandle:
         status, code, _ = _state(attrs)
         return None if status == "running" else code
 
-    def log_tail(self, lines: int) -> list[str]:
-        """The last lines of the container's output."""
+    def _output(self) -> bytes | None:
+        """The container's whole output so far (stdout and stderr, in order)."""
         try:
             container = self.client.containers.get(self.id)
-            chunks = container.logs(stdout=True, stderr=True, tail=lines)
-            data = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
+            chunks = container.logs(stdout=True, stderr=True)
+            return b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
         except (NotFound, APIError):
+            return None
+
+    def log_tail(self, lines: int) -> list[str]:
+        """The last lines of the container's output.
+
+        Cut here, not by podman's ``tail``: podman 4.3 counts each partial-line log entry as
+        a line and glues the pieces of the lines it cuts into the wrong order.
+        """
+        if lines <= 0 or self._attrs() is None:
             return []
-        return data.decode(errors="replace").splitlines()[-lines:]
+        data = self._output()
+        return [] if data is None else data.decode(errors="replace").splitlines()[-lines:]
 
     def follow(self, lines: int) -> Iterator[bytes]:
         """The last ``lines`` lines, then new output, until the container stops.
 
-        One streaming request with ``tail``, so nothing is missed or repeated between history
-        and new output; with no read timeout, as the client's short one would end a quiet stream.
+        The history is cut from a snapshot of the whole output (see :meth:`log_tail`); the
+        stream then starts from the beginning and skips exactly the snapshot's bytes before
+        that cut, so nothing is missed or repeated between history and new output. No read
+        timeout: the client's short one would end a quiet stream.
         """
+        if self._attrs() is None:
+            return
+        snapshot = self._output()
+        if snapshot is None:
+            return
+        kept = b"".join(snapshot.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
+        skip = len(snapshot) - len(kept)
         try:
             response = self.client.api.get(
                 f"/containers/{self.id}/logs",
-                params={"follow": True, "stdout": True, "stderr": True, "tail": lines},
+                params={"follow": True, "stdout": True, "stderr": True},
                 stream=True,
                 timeout=(10.0, None),
             )
@@ -186,7 +243,12 @@ class ContainerHandle:
             return  # removed meanwhile: nothing left to follow
         try:
             for frame in stream_frames(response):
-                yield frame if isinstance(frame, bytes) else str(frame).encode()
+                data = frame if isinstance(frame, bytes) else str(frame).encode()
+                if skip >= len(data):
+                    skip -= len(data)
+                    continue
+                yield data[skip:]
+                skip = 0
         finally:
             response.close()
 
@@ -210,17 +272,16 @@ class ContainerHandle:
 
     def save_logs(self, path: Path) -> None:
         """Copy the container's whole output to ``path`` (before removal)."""
-        try:
-            container = self.client.containers.get(self.id)
-            chunks = container.logs(stdout=True, stderr=True)
-            data = b"".join(c if isinstance(c, bytes) else str(c).encode() for c in chunks)
-        except (NotFound, APIError):
+        data = self._output() if self._attrs() is not None else None
+        if data is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        with contextlib.suppress(OSError), open_for_writing(path) as out:
+            out.write(data)
 
     def stop(self, grace_s: float) -> None:
         """``stop`` with timeout ``grace_s`` (SIGTERM, then SIGKILL), then remove; idempotent."""
+        if self._attrs() is None:
+            return  # gone, or not orch's to stop
         try:
             container = self.client.containers.get(self.id)
         except NotFound:
@@ -356,18 +417,27 @@ def launch(
     """
     with contextlib.suppress(NotFound):
         old = client.containers.get(name)
+        if LABEL not in _labels(old.attrs):
+            raise LaunchError(
+                f"a container named {name} exists and orch did not start it (no {LABEL} "
+                "label); remove or rename it"
+            )
         old.remove(force=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=dict(env),
-        timeout=300,
-        check=False,
-    )
-    err = done.stderr.decode(errors="replace").strip()
-    log_path.write_text(err + "\n" if err else "")
+    try:
+        log = open_for_writing(log_path)
+    except OSError as exc:
+        raise LaunchError(f"cannot write the log {log_path}: {exc.strerror or exc}") from None
+    with log:
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(env),
+            timeout=300,
+            check=False,
+        )
+        err = done.stderr.decode(errors="replace").strip()
+        log.write((err + "\n").encode() if err else b"")
     if done.returncode != 0:
         raise LaunchError(f"podman run failed (exit {done.returncode}):\n  {err[-2000:]}")
     container_id = done.stdout.decode().strip().splitlines()[-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from orchestrator.errors import LaunchError
+from orchestrator.state import open_for_writing
 
 
 def tail_file(path: Path, lines: int) -> list[str]:
@@ -38,30 +39,49 @@ class ProcessHandle:
         create_time: float | None = None,
         popen: subprocess.Popen[bytes] | None = None,
     ) -> None:
-        """Attach to ``pid`` (its process group leader); ``popen`` when we started it."""
+        """Attach to ``pid`` (its process group leader); ``popen`` when we started it.
+
+        Attached from a record (no ``popen``), the process counts as this engine only while
+        its start time is ``create_time`` and it leads its own process group, as every engine
+        orch starts does: a recycled pid, or a record naming someone else's, is never touched.
+        Without ``create_time`` nothing is trusted.
+        """
         self.pid = pid
         self.log_path = log_path
         self.popen = popen
         self.create_time = create_time
-        if create_time is None:
+        if create_time is None and popen is not None:
             try:
                 self.create_time = psutil.Process(pid).create_time()
             except psutil.Error:
                 self.create_time = None
 
     def _process(self) -> psutil.Process | None:
-        """The leader, unless it exited or its pid now belongs to someone else."""
+        """The leader, unless it exited or its pid is not provably this engine's."""
         if self.popen is not None and self.popen.poll() is not None:
+            return None
+        if self.pid < 2 or (self.popen is None and self.create_time is None):
             return None
         try:
             proc = psutil.Process(self.pid)
             if self.create_time is not None and abs(proc.create_time() - self.create_time) > 0.5:
                 return None
+            if self.popen is None and os.getpgid(self.pid) != self.pid:
+                return None
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
             return proc
-        except psutil.Error:
+        except (psutil.Error, ProcessLookupError):
             return None
+
+    def gone_reason(self) -> str:
+        """Why ``alive()`` is false: exited, or the pid is someone else's now."""
+        if self.pid >= 2 and self.popen is None and psutil.pid_exists(self.pid):
+            return (
+                f"pid {self.pid} is another process now (its start time or process group is "
+                "not the one orch recorded); left it alone"
+            )
+        return f"pid {self.pid} has exited"
 
     def _group(self) -> list[psutil.Process]:
         """Live (non-zombie) members of the process group."""
@@ -113,6 +133,8 @@ class ProcessHandle:
             raise LaunchError(f"pid {self.pid}: still running after SIGKILL")
 
     def _signal(self, sig: signal.Signals) -> None:
+        if self.pid < 2:
+            return
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -155,8 +177,11 @@ def launch(
     Raises:
         LaunchError: If the program cannot be executed at all.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    try:
+        log = open_for_writing(log_path)
+    except OSError as exc:
+        raise LaunchError(f"cannot write the log {log_path}: {exc.strerror or exc}") from None
+    with log:
         if header:
             log.write(header.encode() + b"\n")
             log.flush()

@@ -2,6 +2,7 @@ llama-server \
   --host 127.0.0.1 \
   --port 18181 \
   --model $HOME/.cache/orch/models/tiny-dense.gguf \
+  --alias demo \
   --ctx-size 2048 \
   --threads 2 \
   --batch-size 512 \

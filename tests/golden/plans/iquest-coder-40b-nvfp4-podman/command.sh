@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-iquest-coder-40b-nvfp4-podman \
   --label orch.profile=iquest-coder-40b-nvfp4-podman \
-  --label orch.plan=76381e3b75fb1008 \
+  --label orch.plan=283b720d3d4a368c \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8000:8000 \
@@ -15,4 +15,5 @@ podman run \
   --dtype auto \
   --gpu-memory-utilization 0.9 \
   --max-num-seqs 1 \
-  --max-model-len 32768
+  --max-model-len 32768 \
+  --served-model-name iquest-coder-40b-nvfp4-podman

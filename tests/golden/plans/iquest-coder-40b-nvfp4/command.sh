@@ -4,4 +4,5 @@ vllm serve IQuestLab/IQuest-Coder-V1-40B-Instruct-nvfp4 \
   --dtype auto \
   --gpu-memory-utilization 0.9 \
   --max-num-seqs 1 \
-  --max-model-len 32768
+  --max-model-len 32768 \
+  --served-model-name iquest-coder-40b-nvfp4

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-iquest-coder-40b-q5km-cpu \
   --label orch.profile=iquest-coder-40b-q5km-cpu \
-  --label orch.plan=6273e567decdcc0e \
+  --label orch.plan=40c00479603b13bb \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \
@@ -12,6 +12,7 @@ podman run \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/snapshots/main/IQuest-Coder-V1-40B-Instruct-Q5_K_M.gguf \
+  --alias iquest-coder-40b-q5km-cpu \
   --jinja \
   --ctx-size 8192 \
   --threads 14 \

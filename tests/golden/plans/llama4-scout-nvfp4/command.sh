@@ -6,4 +6,5 @@ vllm serve nvidia/Llama-4-Scout-17B-16E-Instruct-NVFP4 \
   --max-num-seqs 1 \
   --max-model-len 110000 \
   --enable-prefix-caching \
-  --trust-remote-code
+  --trust-remote-code \
+  --served-model-name llama4-scout-nvfp4

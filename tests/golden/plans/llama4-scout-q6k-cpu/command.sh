@@ -5,7 +5,7 @@ numactl \
   -d \
   --name orch-llama4-scout-q6k-cpu \
   --label orch.profile=llama4-scout-q6k-cpu \
-  --label orch.plan=bc7951c6b42b0523 \
+  --label orch.plan=d64f3c948e2e1c13 \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \
@@ -17,6 +17,7 @@ numactl \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/Scout-17B-Q6_K.gguf \
+  --alias llama4-scout-q6k-cpu \
   --jinja \
   --ctx-size 8192 \
   --threads 16 \

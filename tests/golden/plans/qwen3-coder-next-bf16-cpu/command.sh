@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-bf16-cpu \
   --label orch.profile=qwen3-coder-next-bf16-cpu \
-  --label orch.plan=8ac365cbfe922c7a \
+  --label orch.plan=7f59a55309fda6a2 \
   --init \
   -p 127.0.0.1:8081:8080 \
   --shm-size 16g \
@@ -12,6 +12,7 @@ podman run \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/snapshots/main/BF16/Qwen3-Coder-Next-BF16-00001-of-00004.gguf \
+  --alias qwen3-coder-next-bf16-cpu \
   --jinja \
   --ctx-size 16384 \
   --threads 13 \

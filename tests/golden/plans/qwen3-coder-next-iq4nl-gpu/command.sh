@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-gpu \
   --label orch.profile=qwen3-coder-next-iq4nl-gpu \
-  --label orch.plan=d63d759b4c93c50a \
+  --label orch.plan=f598c7555efb2bf5 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -13,6 +13,7 @@ podman run \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/snapshots/main/IQ4_NL/Qwen3-Coder-Next-IQ4_NL-00001-of-00002.gguf \
+  --alias qwen3-coder-next-iq4nl-gpu \
   --jinja \
   --ctx-size 65536 \
   --threads 13 \

@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen3-coder-next-iq4nl-hybrid \
   --label orch.profile=qwen3-coder-next-iq4nl-hybrid \
-  --label orch.plan=1815d603687b9945 \
+  --label orch.plan=71881b2e2f250a23 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -13,6 +13,7 @@ podman run \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/snapshots/main/IQ4_NL/Qwen3-Coder-Next-IQ4_NL-00001-of-00002.gguf \
+  --alias qwen3-coder-next-iq4nl-hybrid \
   --jinja \
   --ctx-size 65536 \
   --threads 13 \

@@ -8,4 +8,5 @@ vllm serve vincentzed-hf/Qwen3-Coder-Next-NVFP4 \
   --enable-prefix-caching \
   --trust-remote-code \
   --enable-auto-tool-choice \
-  --tool-call-parser qwen3_coder
+  --tool-call-parser qwen3_coder \
+  --served-model-name qwen3-coder-next-nvfp4

@@ -2,6 +2,7 @@
   --host 127.0.0.1 \
   --port 8003 \
   --model /mnt/data/hf/hub/models--ubergarm--Qwen3.5-397B-A17B-GGUF/snapshots/main/IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf \
+  --alias qwen35-397b-iq4-2gpu-auto \
   --jinja \
   --ctx-size 135168 \
   --threads 24 \

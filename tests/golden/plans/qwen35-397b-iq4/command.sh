@@ -2,7 +2,7 @@ podman run \
   -d \
   --name orch-qwen35-397b-iq4 \
   --label orch.profile=qwen35-397b-iq4 \
-  --label orch.plan=4ab0c798997f6753 \
+  --label orch.plan=4a982a0169899361 \
   --init \
   --device nvidia.com/gpu=all \
   -p 127.0.0.1:8001:8080 \
@@ -13,6 +13,7 @@ podman run \
   --host 0.0.0.0 \
   --port 8080 \
   --model /models/snapshots/main/IQ4_KSS/Qwen3.5-397B-A17B-IQ4_KSS-00001-of-00006.gguf \
+  --alias qwen35-397b-iq4 \
   --jinja \
   --ctx-size 262144 \
   --threads 13 \

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from orchestrator.health import served_names
+from orchestrator.runtime.process import launch
 from tests.conftest import FAKES, OrchEnv, free_port
 
 
@@ -224,6 +225,21 @@ def test_engine_exits_during_load(
     assert "fix:   check engine.extra_args" in up.stderr
     assert "last log lines:" in up.stderr
     _nothing_left(orch_env, "t")
+
+
+def test_exit_status_of_an_engine_that_just_exited(
+    llama_server_binary: Path, tmp_path: Path
+) -> None:
+    # llama-server's leader shows as a zombie before its other threads have gone, when waitpid
+    # cannot collect it yet: the status is still known once it no longer runs (37 of 40 tries
+    # here read None before exit_code() waited for it)
+    for attempt in range(10):
+        handle = launch(
+            [str(llama_server_binary), "--rope-scaling", "bogus"], {}, tmp_path / f"{attempt}.log"
+        )
+        while handle.alive():
+            time.sleep(0.001)
+        assert handle.exit_code() == 1, attempt
 
 
 def test_unsupported_flag_caught_by_help(

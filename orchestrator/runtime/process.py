@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ import psutil
 
 from orchestrator.errors import LaunchError
 from orchestrator.state import open_for_writing
+
+REAP_WAIT_S = 5.0
+"""How long a leader that no longer runs may take to become collectable (its threads exiting)."""
 
 
 def tail_file(path: Path, lines: int) -> list[str]:
@@ -105,8 +109,18 @@ class ProcessHandle:
         return self._process() is not None
 
     def exit_code(self) -> int | None:
-        """The leader's exit status, known only for a child of this orch."""
-        return None if self.popen is None else self.popen.poll()
+        """The leader's exit status, known only for a child of this orch.
+
+        A multithreaded leader shows as a zombie before its other threads have exited, and
+        until they have, waitpid cannot collect it: once it no longer runs, wait for that.
+        """
+        if self.popen is None:
+            return None
+        code = self.popen.poll()
+        if code is None and self._process() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.popen.wait(timeout=REAP_WAIT_S)
+        return code
 
     def log_tail(self, lines: int) -> list[str]:
         """The last lines of the log file."""

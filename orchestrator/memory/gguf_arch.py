@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator.ecmaregex import PatternError, compile_pattern
 from orchestrator.engines import canonical_flag, known_flags
 from orchestrator.errors import OrchError
 from orchestrator.ggml_types import KV_CACHE_TYPES
@@ -118,6 +120,52 @@ _BOOL_FLAGS = {
 }
 
 
+INT32_MAX = 2**31 - 1
+"""llama-server reads its integer flags with ``std::stoi``."""
+
+
+def _integer(flag: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgsError(f"{flag}: expected an integer, got {text!r}") from None
+    if not minimum <= value <= INT32_MAX:
+        raise ArgsError(f"{flag}: {value} is out of range ({minimum}..{INT32_MAX})")
+    return value
+
+
+def _fraction(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgsError(f"{flag}: expected numbers, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ArgsError(f"{flag}: {text!r} is not a finite number >= 0")
+    return value
+
+
+def _override_rules(value: str, gpus: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``-ot PATTERN=DEVICE,...``: ECMAScript patterns, devices this command line has."""
+    rules = []
+    devices = (CPU, *gpus)
+    for rule in value.split(","):
+        pattern, sep, device = rule.partition("=")
+        if not sep:
+            raise ArgsError(f"--override-tensor {rule!r}: expected PATTERN=DEVICE")
+        try:
+            compile_pattern(pattern)
+        except PatternError as exc:
+            raise ArgsError(f"--override-tensor {pattern!r}: {exc}") from None
+        if device not in devices:
+            where = "; pass --hardware to plan GPUs" if not gpus else ""
+            raise ArgsError(
+                f"--override-tensor {rule!r}: {device!r} is not a device here "
+                f"(valid: {', '.join(devices)}{where})"
+            )
+        rules.append((pattern, device))
+    return rules
+
+
 def parse_llama_args(
     args: Sequence[str],
     *,
@@ -160,26 +208,19 @@ def parse_llama_args(
             value = args[i + 1]
             i += 2
         if flag == "--override-tensor":
-            for rule in value.split(","):
-                pattern, sep, device = rule.partition("=")
-                if not sep:
-                    raise ArgsError(f"--override-tensor {rule!r}: expected PATTERN=DEVICE")
-                overrides.append((pattern, device))
+            overrides.extend(_override_rules(value, gpus))
         elif flag == "--n-cpu-moe":
-            overrides.extend(n_cpu_moe_rules(int(value), moe_layers))
+            overrides.extend(n_cpu_moe_rules(_integer(flag, value, 0), moe_layers))
         values[flag] = value
 
-    def number(flag: str, default: int) -> int:
-        try:
-            return int(values.get(flag, default))
-        except ValueError:
-            raise ArgsError(f"{flag}: expected an integer, got {values[flag]!r}") from None
+    def number(flag: str, default: int, minimum: int = 0) -> int:
+        return _integer(flag, values[flag], minimum) if flag in values else default
 
     for flag in ("--cache-type-k", "--cache-type-v"):
         if flag in values and values[flag] not in KV_CACHE_TYPES:
             raise ArgsError(f"{flag}: {values[flag]!r} is not one of {', '.join(KV_CACHE_TYPES)}")
     ngl_raw = values.get("--n-gpu-layers", "-1")
-    ngl = -1 if ngl_raw in ("all", "auto", "-1") else int(ngl_raw)
+    ngl = -1 if ngl_raw in ("all", "auto", "-1") else _integer("--n-gpu-layers", ngl_raw, 0)
     # --load-mode mlock reads into locked host buffers without mmap (llama_model_loader's
     # use_mmap is true only for auto, mmap and mmap+mlock); orch's "mlock" is mmap+mlock.
     load_mode = {
@@ -193,7 +234,7 @@ def parse_llama_args(
     if "--mlock" in flags:
         load_mode = "mlock"
     split = (
-        tuple(float(x) for x in values["--tensor-split"].split(","))
+        tuple(_fraction("--tensor-split", x) for x in values["--tensor-split"].split(","))
         if ("--tensor-split" in values)
         else ()
     )
@@ -207,17 +248,17 @@ def parse_llama_args(
         repack_types = ()
     return LlamaConfig(
         ctx=number("--ctx-size", 0),
-        ubatch=number("--ubatch-size", 512),
-        batch=number("--batch-size", 2048),
+        ubatch=number("--ubatch-size", 512, minimum=1),
+        batch=number("--batch-size", 2048, minimum=1),
         gpu_layers=ngl,
         overrides=tuple(overrides),
         cache_type_k=values.get("--cache-type-k", "f16"),
         cache_type_v=values.get("--cache-type-v", "f16"),
         flash_attn=values.get("--flash-attn", "auto") != "off",
         load_mode=load_mode,
-        parallel=4 if auto_parallel else max(number("--parallel", 4), 1),
+        parallel=4 if auto_parallel else number("--parallel", 4, minimum=1),
         tensor_split=split,
-        cache_ram_mib=number("--cache-ram", 8192),
+        cache_ram_mib=number("--cache-ram", 8192, minimum=-1),
         gpus=gpus,
         gpu_vram_mib=gpu_vram_mib,
         cuda_context_mib=cuda_context_mib,

@@ -16,8 +16,7 @@ from typing import Any
 import jinja2
 
 from orchestrator.errors import OrchError
-
-_SECRET_FLAGS = {"--api-key", "--hf-token", "--token"}
+from orchestrator.secrecy import redact_argv, redact_env
 
 
 class TemplateError(OrchError):
@@ -90,24 +89,8 @@ def render_argv(env: jinja2.Environment, template: str, context: dict[str, Any])
 
 
 def redact(argv: tuple[str, ...] | list[str]) -> list[str]:
-    """Replace values of secret-bearing flags with ``<redacted>``."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("<redacted>")
-            hide_next = False
-            continue
-        name, eq, _ = arg.partition("=")
-        if name in _SECRET_FLAGS:
-            if eq:
-                out.append(f"{name}=<redacted>")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
-    return out
+    """Replace secret values (orchestrator.secrecy) with ``<redacted>``."""
+    return redact_argv(argv)
 
 
 def display(argv: tuple[str, ...] | list[str], env: dict[str, str] | None = None) -> str:
@@ -125,6 +108,6 @@ def display(argv: tuple[str, ...] | list[str], env: dict[str, str] | None = None
         else:
             last.append(word)
     if env:
-        prefix = ["env", *(f"{k}={v}" for k, v in sorted(env.items()))]
+        prefix = ["env", *(f"{k}={v}" for k, v in sorted(redact_env(env).items()))]
         groups.insert(0, prefix)
     return " \\\n  ".join(shlex.join(g) for g in groups)

@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 import tomli_w
+from pydantic import ValidationError
 
 from orchestrator.errors import BudgetError, OrchError, ProfileError
 from orchestrator.ggml_types import GGML_TYPES, ggml_type
@@ -24,7 +25,12 @@ from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.memory.gguf_arch import architecture_from_gguf
 from orchestrator.memory.tensors import RECIPES, GgufHeader
 from orchestrator.plan import Plan, budgets, build_plan, estimate
-from orchestrator.profiles.loader import ResolvedProfile, check_references, validate
+from orchestrator.profiles.loader import (
+    ResolvedProfile,
+    check_references,
+    format_validation_error,
+    validate,
+)
 from orchestrator.profiles.schema import (
     PROFILE_NAME,
     Architecture,
@@ -32,6 +38,7 @@ from orchestrator.profiles.schema import (
     ModelProfile,
 )
 from orchestrator.sizing import largest
+from orchestrator.textsafe import escape_controls
 
 FIRST_PORT = 8080
 CTX_STEP = 256
@@ -266,10 +273,17 @@ def propose(
     check_name(name)
     try:
         arch = architecture_from_gguf(header)
+    except ValidationError as exc:
+        problems = "; ".join(format_validation_error(exc, Architecture, {}))
+        raise NewProfileError(
+            f"{model_path}: cannot derive architecture facts: {problems}"
+        ) from None
     except (TypeError, ValueError, KeyError) as exc:
         raise NewProfileError(f"{model_path}: cannot derive architecture facts: {exc}") from None
     quant = detect_quant(header)
-    model_name = str(header.metadata.get("general.name", "")) or model_path.stem
+    # a GGUF's name is anyone's text: one line, no control characters, in the profile
+    model_name = escape_controls(str(header.metadata.get("general.name", "")), keep="")
+    model_name = model_name or escape_controls(model_path.stem, keep="")
     source = source or f"profiles/models/{name}.toml"
     jinja = "tokenizer.chat_template" in header.metadata
     base = _profile_data(
@@ -330,6 +344,9 @@ def propose(
         " header (general.architecture = "
         f"{arch.gguf_arch}).",
     ]
+    # comments hold the file's name: escaped so that no newline in it can start a TOML line
+    profile_header = [escape_controls(line, keep="") for line in profile_header]
+    arch_header = [escape_controls(line, keep="") for line in arch_header]
     arch_data = arch.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     arch_data = {"description": arch.description, **arch_data} if arch.description else arch_data
     return Proposal(

@@ -11,8 +11,9 @@ from rich.console import Console
 
 from orchestrator import __version__
 from orchestrator.app import App
+from orchestrator.cli.output import make_console
 from orchestrator.errors import OrchError
-from orchestrator.settings import load_settings
+from orchestrator.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, App, Console], int]
 
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn every OrchError into a message and exit code."""
-    console = Console(highlight=False, soft_wrap=True)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = make_console()
+    errors = make_console(stderr=True)
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
@@ -72,20 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        app = App(load_settings())
-        return handler(args, app, console)
+        settings = _settings(errors)
+        if settings is None:
+            return 2
+        return handler(args, App(settings), console)
     except OrchError as exc:
         errors.print(f"orch: error: {exc}", markup=False)
         return exc.exit_code
+    except KeyboardInterrupt:
+        errors.print("orch: interrupted", markup=False)
+        return 130
+
+
+def _settings(errors: Console) -> Settings | None:
+    """The settings, or None after saying what is wrong with them."""
+    try:
+        return load_settings()
     except ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         errors.print("orch: error: orch settings (orch.toml / ORCH_*):", markup=False)
         for line in lines:
             errors.print(f"  {line}", markup=False)
-        return 2
-    except KeyboardInterrupt:
-        errors.print("orch: interrupted", markup=False)
-        return 130
+        return None
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
+from orchestrator.cli.output import make_console
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
 from orchestrator.memory.breakdown import GIB, MIB, MemoryEstimate
 from orchestrator.memory.gguf_arch import architecture_from_gguf, parse_llama_args
@@ -158,7 +160,7 @@ def _gib(n: int) -> str:
 
 
 def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
-    console.print(f"[bold]{plan.name}[/bold]  ({plan.source})")
+    console.print(f"[bold]{plan.name}[/bold]  ({escape(plan.source)})")
     desc = plan.profile.description
     if desc:
         console.print(f"  {desc}", markup=False)
@@ -183,7 +185,7 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
         for suggestion in plan.suggestions:
             console.print(f"  would fit with: {suggestion}", markup=False)
     for problem in problems:
-        console.print(f"  [red]cannot start here:[/red] {problem}")
+        console.print(f"  [red]cannot start here:[/red] {escape(problem)}")
     console.print()
 
 
@@ -201,7 +203,7 @@ def cmd_plan(args: argparse.Namespace, app: App, console: Console) -> int:
         resolved = app.resolve(name, args.hardware)
         if args.placement == "auto":
             if isinstance(resolved.profile.engine, VllmEngine):
-                Console(stderr=True).print(
+                make_console(stderr=True).print(
                     f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
                     "by tensor_parallel_size, so this plan is unchanged",
                     markup=False,
@@ -242,7 +244,13 @@ def cmd_estimate(args: argparse.Namespace, app: App, console: Console) -> int:
         header = read_gguf(path)
     except (ValueError, OSError) as exc:
         raise PreflightError(f"{path}: not a readable GGUF file ({exc})") from None
-    arch = architecture_from_gguf(header)
+    try:
+        arch = architecture_from_gguf(header)
+    except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise PreflightError(
+            f"{path}: the header's architecture facts are unusable: {reason}"
+        ) from None
     gpus: tuple[str, ...] = ()
     vram: tuple[int, ...] = ()
     context_mib = 590

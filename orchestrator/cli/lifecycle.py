@@ -20,6 +20,7 @@ from rich.table import Table
 
 from orchestrator import health, instances, warmup
 from orchestrator.app import App
+from orchestrator.cli.output import make_console
 from orchestrator.errors import LaunchError, NotRunningError, PreflightError
 from orchestrator.memory.breakdown import GIB, MIB
 from orchestrator.notify import Notifier
@@ -30,6 +31,7 @@ from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
 from orchestrator.state import Record, StateStore
+from orchestrator.textsafe import StreamEscaper, escape_controls
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
@@ -132,7 +134,7 @@ def _store(app: App) -> StateStore:
 
 
 def _err(text: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
+    make_console(stderr=True).print(text, markup=False)
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -623,12 +625,16 @@ def cmd_logs(args: argparse.Namespace, app: App, console: Console) -> int:
 
 
 def _write_lines(lines: list[str]) -> None:
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.write("".join(escape_controls(line) + "\n" for line in lines))
     sys.stdout.flush()
 
 
+_LOG_ESCAPER = StreamEscaper()
+"""Engine output may echo a GGUF's name or a prompt: no escape sequence reaches the terminal."""
+
+
 def _write_chunk(chunk: bytes) -> None:
-    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.write(_LOG_ESCAPER.feed(chunk))
     sys.stdout.buffer.flush()
 
 

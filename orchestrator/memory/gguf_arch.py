@@ -13,6 +13,7 @@ from orchestrator.ggml_types import KV_CACHE_TYPES
 from orchestrator.memory.llama import CPU, EXPERT_REGEX, LlamaConfig, n_cpu_moe_rules
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.schema import Architecture, LinearAttention, Moe
+from orchestrator.textsafe import escape_controls
 
 
 class ArgsError(OrchError):
@@ -62,8 +63,9 @@ def architecture_from_gguf(header: GgufHeader) -> Architecture:
         )
     total = sum(t.nbytes for t in header.tensors)
     params = sum(_elements(t.shape) for t in header.tensors)
+    name = escape_controls(str(meta.get("general.name", "")), keep="")
     return Architecture(
-        description=str(meta.get("general.name", "")) or f"{arch} from GGUF ({total} bytes)",
+        description=name or f"{arch} from GGUF ({total} bytes)",
         gguf_arch=arch,
         params_b=max(params / 1e9, 1e-6),
         n_layer=int(get("block_count")),

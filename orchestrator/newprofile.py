@@ -370,7 +370,7 @@ def taken_ports(models_dir: Path) -> set[int]:
     for path in models_dir.glob("*.toml"):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, ValueError):  # unreadable, not UTF-8, not TOML: skipped
             continue
         port = data.get("publish", {}).get("port") if isinstance(data, dict) else None
         if isinstance(port, int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import posixpath
 from collections.abc import Sequence
@@ -14,13 +15,15 @@ import jinja2
 
 from orchestrator.autoplace import AutoPlacement, Candidate
 from orchestrator.autoplace import choose as choose_placement
+from orchestrator.ecmaregex import compile_pattern
 from orchestrator.engines import engine_caps, known_flags
-from orchestrator.errors import BudgetError, ProfileError
+from orchestrator.errors import BudgetError
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
 from orchestrator.render import display, redact, render_argv
+from orchestrator.secrecy import engine_arg_problems, env_problems, podman_arg_problems, redact_env
 from orchestrator.sizing import (
     DeviceBudget,
     budgets,
@@ -78,6 +81,19 @@ class Plan:
     """What ``placement = "auto"`` considered and chose (None for manual placement)."""
 
     @property
+    def exposed(self) -> bool:
+        """Whether the server listens beyond loopback (reachable from other machines)."""
+        return not is_loopback(self.host)
+
+    @property
+    def listen(self) -> str:
+        """Where the server listens, in words for ``orch plan``."""
+        where = f"{_url_host(self.host, keep_any=True)}:{self.port}"
+        if self.exposed:
+            return f"{where}: reachable from other machines (publish.host)"
+        return f"{where} (loopback only)"
+
+    @property
     def fits(self) -> bool:
         """Whether every device is within budget (and, for vLLM, the KV pool holds the ctx)."""
         return all(b.fits for b in self.budget) and not self.suggestions
@@ -95,9 +111,10 @@ class Plan:
             "engine": self.profile.engine.kind,
             "runtime": self.profile.runtime.kind,
             "argv": redact(list(self.argv)),
-            "env": self.env,
+            "env": redact_env(self.env),
             "secret_env": list(self.secret_env),
             "endpoint": self.endpoint,
+            "listen": {"host": self.host, "port": self.port, "exposed": self.exposed},
             "memory": self.memory.to_json(),
             "budget": [
                 {"device": b.device, "need": b.need, "capacity": b.capacity, "fits": b.fits}
@@ -188,16 +205,22 @@ def numactl_args(profile: ModelProfile) -> list[str]:
     return args
 
 
-def _container_model_path(profile: ModelProfile) -> tuple[str, str]:
+def _container_model_path(resolved: ResolvedProfile) -> tuple[str, str]:
     """(host mount source, model path inside the container)."""
-    host_path = PurePosixPath(profile.model.path)
-    root = PurePosixPath(profile.model.mount_root) if profile.model.mount_root else host_path.parent
+    model = resolved.profile.model
+    host_path = PurePosixPath(model.path)
+    root = PurePosixPath(model.mount_root) if model.mount_root else host_path.parent
     try:
         relative = host_path.relative_to(root)
     except ValueError:
-        raise ProfileError(
-            "", [f"model.path: {host_path} is not inside model.mount_root {root}"]
+        raise resolved.error(
+            [f"model.path: {host_path} is not inside model.mount_root {root}"]
         ) from None
+    if not root.is_absolute() or ":" in str(root) or "," in str(root):
+        key = "model.mount_root" if model.mount_root else "model.path"
+        raise resolved.error(
+            [f"{key}: podman mounts {str(root)!r}, which must be absolute and hold no ':' or ','"]
+        )
     return str(root), posixpath.join(CONTAINER_MODELS, str(relative))
 
 
@@ -206,21 +229,126 @@ def _plan_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+ENGINE_LISTEN_FLAGS = frozenset({"--host", "--port", "--uds"})
+"""Where the engine listens: orch renders them from ``publish``."""
+PODMAN_NETWORK_FLAGS = frozenset(
+    {"-p", "--publish", "-P", "--publish-all", "--expose", "--network", "--net", "--pod"}
+)
+PODMAN_OWNED_FLAGS = frozenset({"--name", "--label", "-l", "--env-host"})
+
+
 def _check_extra_args(resolved: ResolvedProfile, extra: Sequence[str], kind: str) -> None:
     known = known_flags(kind)
-    problems = []
+    key = "engine.extra_args"
+    problems = engine_arg_problems(extra, key)
     for i, arg in enumerate(extra):
         name = arg.split("=", 1)[0]
-        if name in {"--api-key"}:
+        if any(p.startswith(f"{key}[{i}]:") for p in problems):
+            continue
+        if name in ENGINE_LISTEN_FLAGS:
             problems.append(
-                f"engine.extra_args[{i}]: {name} would put a secret in the command line "
-                "(use secrets.api_key_env or secrets.api_key_file)"
+                f"{key}[{i}]: {name} is orch's to set: where the server listens comes from "
+                "publish.host and publish.port"
             )
         elif arg.startswith("-") and not arg.lstrip("-").replace(".", "").isdigit():
             if name not in known:
-                problems.append(f"engine.extra_args[{i}]: {name} is not a {kind} server flag")
+                problems.append(f"{key}[{i}]: {name} is not a {kind} server flag")
     if problems:
-        raise ProfileError(resolved.source, problems)
+        raise resolved.error(problems)
+
+
+def _podman_flags(arg: str) -> list[str]:
+    """The podman flags one argument sets: ``--x=v`` → ``--x``; ``-dp`` → ``-d``, ``-p``."""
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") or not name.startswith("-") or len(name) <= 2:
+        return [name]
+    return [f"-{letter}" for letter in name[1:]]
+
+
+def _check_runtime(resolved: ResolvedProfile) -> None:
+    """Secrets, publishing and orch's own flags smuggled through the runtime's settings."""
+    runtime = resolved.profile.runtime
+    problems = env_problems(runtime.env, "runtime.env")
+    if isinstance(runtime, PodmanRuntime):
+        key = "runtime.extra_args"
+        problems += podman_arg_problems(runtime.extra_args, key)
+        for i, arg in enumerate(runtime.extra_args):
+            flags = _podman_flags(arg)
+            if any(f in PODMAN_NETWORK_FLAGS for f in flags):
+                problems.append(
+                    f"{key}[{i}]: {arg.split('=', 1)[0]} would publish the server or change its "
+                    "network behind orch's back; set publish.host / publish.port (and "
+                    "runtime.network), which orch shows in plan"
+                )
+            elif any(f in PODMAN_OWNED_FLAGS for f in flags):
+                problems.append(
+                    f"{key}[{i}]: {arg.split('=', 1)[0]} is orch's to set (the container's "
+                    "name, labels and environment)"
+                )
+    if problems:
+        raise resolved.error(problems)
+
+
+def _check_devices(resolved: ResolvedProfile, allowed: list[str]) -> None:
+    """The engine must be able to reach every GPU the plan counts, and no other."""
+    engine = resolved.profile.engine
+    if not isinstance(engine, LlamaEngine):
+        return
+    problems = []
+    why = _no_gpu_reason(resolved)
+    for i, rule in enumerate(engine.override_tensors):
+        if rule.device != "CPU" and rule.device not in allowed:
+            problems.append(
+                f"engine.override_tensors[{i}].device: {rule.device} is not available to this "
+                f"profile ({why}); the plan could not count what it holds"
+            )
+    if not allowed and engine.gpu_layers:
+        problems.append(
+            f"engine.gpu_layers: {engine.gpu_layers} layers offloaded, but this profile has no "
+            f"GPU ({why}); set gpu_layers = 0 or give it a GPU"
+        )
+    if engine.main_gpu is not None and f"CUDA{engine.main_gpu}" not in allowed:
+        problems.append(f"engine.main_gpu: GPU {engine.main_gpu} is not available ({why})")
+    if engine.tensor_split and len(engine.tensor_split) > len(allowed):
+        problems.append(
+            f"engine.tensor_split: {len(engine.tensor_split)} parts for {len(allowed)} GPU(s) "
+            f"this profile may use ({why})"
+        )
+    if problems:
+        raise resolved.error(problems)
+
+
+def _no_gpu_reason(resolved: ResolvedProfile) -> str:
+    profile = resolved.profile
+    runtime = profile.runtime
+    if isinstance(runtime, PodmanRuntime) and not any(
+        "gpu" in d or "nvidia" in d for d in runtime.devices
+    ):
+        return "the container gets no GPU device: runtime.devices"
+    if profile.gpus is not None:
+        return f"gpus = {list(profile.gpus)}"
+    return f"hardware {resolved.hardware_name!r} has GPUs " + ", ".join(
+        f"CUDA{g.index}" for g in resolved.hardware.gpus
+    )
+
+
+def _pattern_warnings(engine: LlamaEngine) -> list[str]:
+    return [
+        f"engine.override_tensors[{i}].pattern {rule.pattern!r}: a repeat inside a repeat; "
+        "the engine's std::regex backtracks and may take very long on it at load"
+        for i, rule in enumerate(engine.override_tensors)
+        if compile_pattern(rule.pattern).nested_repeat
+    ]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def build_plan(
@@ -245,6 +373,14 @@ def build_plan(
     port = profile.publish.port
     is_podman = isinstance(runtime, PodmanRuntime)
     warnings: list[str] = []
+    if profile.publish.host is None and not is_loopback(host):
+        raise resolved.error(
+            [
+                f"publish.host: not set, and orch's default_bind_host ({host}) is reachable "
+                f'from other machines; say so in the profile: publish.host = "{host}"'
+            ]
+        )
+    _check_runtime(resolved)
 
     secret_env: list[str] = []
     api_key_file = ""
@@ -261,42 +397,39 @@ def build_plan(
             api_key_file = profile.secrets.api_key_file
 
     if isinstance(runtime, PodmanRuntime) and isinstance(engine, LlamaEngine):
-        mount_source, model_path = _container_model_path(profile)
+        mount_source, model_path = _container_model_path(resolved)
         model_mount = f"{mount_source}:{CONTAINER_MODELS}:{profile.model.mount_options}"
-        bind_host, bind_port = "0.0.0.0", runtime.container_port
     else:
         model_path = profile.model.path or profile.model.repo
         model_mount = ""
-        if is_podman:
-            assert isinstance(runtime, PodmanRuntime)
-            bind_host, bind_port = "0.0.0.0", runtime.container_port
-        else:
-            bind_host, bind_port = host, port
+    if isinstance(runtime, PodmanRuntime) and runtime.network != "host":
+        # the container's own network: podman publishes it on host:port only (-p)
+        bind_host, bind_port = "0.0.0.0", runtime.container_port
+    else:
+        bind_host, bind_port = host, port  # the host's network: listen on publish.host itself
 
     if isinstance(engine, LlamaEngine):
         caps = engine_caps(engine.kind, engine.version)
         if engine.grouped_expert_routing and not caps.grouped_expert_routing:
-            raise ProfileError(
-                resolved.source,
+            raise resolved.error(
                 [
                     "engine.grouped_expert_routing: -ger is ik_llama.cpp only "
                     f"(engine is {engine.kind})"
                 ],
             )
         if profile.secrets.api_key_env and not caps.api_key_env:
-            raise ProfileError(
-                resolved.source,
+            raise resolved.error(
                 [
                     f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
                     "server would start without authentication; use secrets.api_key_file"
                 ],
             )
         if engine.cache_ram_mib is not None and not caps.cache_ram:
-            raise ProfileError(
-                resolved.source,
+            raise resolved.error(
                 [f"engine.cache_ram_mib: --cache-ram is not in {engine.kind} {engine.version}"],
             )
         _check_extra_args(resolved, engine.extra_args, engine.kind)
+        warnings += _pattern_warnings(engine)
         template = "engines/llama-server.j2"
         ot = ",".join(f"{r.pattern}={r.device}" for r in engine.override_tensors)
     else:
@@ -306,10 +439,11 @@ def build_plan(
         ot = ""
         if is_podman:
             warnings.append("vLLM in podman: the image must provide `vllm` as its entrypoint")
-    # profile.gpus restricts the engine itself, not only orch's budget
+    # profile.gpus restricts the engine itself, not only orch's budget: gpus = [] is "none"
     allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
-    devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
-    if devices and is_podman and isinstance(engine, VllmEngine):
+    _check_devices(resolved, allowed)
+    devices = ",".join(allowed or ["none"]) if profile.gpus is not None else ""
+    if allowed and devices and is_podman and isinstance(engine, VllmEngine):
         warnings.append(
             "gpus: vLLM in podman uses every GPU in runtime.devices; list only "
             f"{devices} there (e.g. nvidia.com/gpu={devices.removeprefix('CUDA')})"
@@ -350,6 +484,7 @@ def build_plan(
             "model_mount": model_mount or f"{_hf_cache_hint()}:/root/.cache/huggingface:Z",
             "api_key_mount": api_key_mount,
             "secret_env": secret_env,
+            "pass_env": profile.secrets.pass_env,
             "engine_args": engine_rendered.argv,
         }
         full = render_argv(env, "runtimes/podman.j2", runtime_ctx)
@@ -365,7 +500,7 @@ def build_plan(
             },
         )
         process_env = runtime_env
-        if isinstance(engine, VllmEngine) and devices:
+        if isinstance(engine, VllmEngine) and profile.gpus is not None:
             indices = ",".join(name.removeprefix("CUDA") for name in allowed)
             process_env = {**runtime_env, "CUDA_VISIBLE_DEVICES": indices}
 
@@ -416,8 +551,8 @@ def _hf_cache_hint() -> str:
     return "/var/lib/orch/huggingface"
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
+def _url_host(host: str, *, keep_any: bool = False) -> str:
+    if host in ("0.0.0.0", "::", "") and not keep_any:
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 

@@ -1,8 +1,10 @@
 """Jinja templates → argv lists. Nothing here touches a shell.
 
-Templates call ``flag(x)``, ``arg(x)`` and ``raw(x)``; each call emits one JSON line that
-becomes exactly one argv element, so spaces, quotes, ``$()`` and leading ``--`` in values
-survive untouched. Layout between calls is ignored; any other text is a template bug.
+Templates call ``flag(x)``, ``arg(x)``, ``pos(x)`` and ``raw(x)``; each call emits one JSON line
+that becomes exactly one argv element, so spaces, quotes and ``$()`` in values survive
+untouched. ``pos(x)`` marks a positional slot (the image, ``vllm serve``'s model, the binary):
+a value there that starts with ``-`` would be read as an option, so rendering refuses it.
+Layout between calls is ignored; any other text is a template bug.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
     env.globals["flag"] = lambda name: _element("f", name)
     env.globals["arg"] = lambda value: _element("v", value)
     env.globals["raw"] = lambda value: _element("r", value)
+    env.globals["pos"] = lambda value: _element("p", value)
     return env
 
 
@@ -82,6 +85,10 @@ def render_argv(env: jinja2.Environment, template: str, context: dict[str, Any])
         if not isinstance(item, dict) or len(item) != 1:
             raise TemplateError(f"{template}: rendered line {number} is not one element")
         ((kind, value),) = item.items()
+        if kind == "p" and (not value or value.startswith("-")):
+            raise TemplateError(
+                f"{template}: {value!r} in a positional slot would be read as an option"
+            )
         argv.append(value)
         if kind in ("f", "r") and value.startswith("-"):
             flags.append(value.split("=", 1)[0])

@@ -127,6 +127,7 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
     engine = profile.engine
     memlock = isinstance(engine, LlamaEngine) and engine.load_mode == "mlock"
     api_key_env = profile.secrets.api_key_env or ""
+    passed = " ".join(f"{v}=..." for v in (api_key_env, *profile.secrets.pass_env) if v)
     return {
         "name": plan.name,
         "description": _description(plan),
@@ -136,8 +137,8 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
         "exec_start": f"{orch} up --foreground {quote_word(plan.name)}",
         "exec_stop": f"{orch} down {quote_word(plan.name)}",
         "environment": [environment_line(k, v) for k, v in sorted(host.environment.items())],
-        "environment_file": f"-%E/orch/{plan.name}.env" if api_key_env else "",
-        "api_key_env": api_key_env,
+        "environment_file": f"-%E/orch/{plan.name}.env" if passed else "",
+        "api_key_env": passed,
         "load_timeout_s": math.ceil(plan.load_timeout_s),
         "model_gib": f"{plan.model_bytes / GIB:.2f}",
         "warmup_s": warmup_allowance_s(plan),

@@ -170,6 +170,8 @@ def _print_plan(console: Console, plan: Plan, problems: list[str]) -> None:
         markup=False,
     )
     console.print(f"  weights from {plan.weights_source}", markup=False)
+    listen = f"  listens on {plan.listen}"
+    console.print(f"[bold red]{escape(listen)}[/bold red]" if plan.exposed else escape(listen))
     console.print()
     console.print(plan.display(), markup=False)
     console.print()

@@ -16,6 +16,9 @@ from orchestrator.ecmaregex import PatternError, compile_pattern
 from orchestrator.memory.tensors import tensors_from_architecture
 from orchestrator.profiles.loader import Catalog
 from tests.conftest import PROFILES
+from tests.hostile import GOOD, Case, Cli, bad, cli, ids
+
+__all__ = ["cli"]
 
 ORACLE_SOURCE = Path(__file__).resolve().parent / "oracle" / "std_regex.cpp"
 
@@ -312,3 +315,73 @@ def test_generated_patterns_agree_with_std_regex(std_regex: StdRegex, pattern: s
     assert std_regex.compiles(pattern), pattern
     for name in NAMES[::7] + ODD_NAMES:
         assert compiled.search(name) == std_regex.search(name), (pattern, name)
+
+
+# ---------------------------------------------------------------- through the real CLI
+
+
+def ot(pattern: str) -> str:
+    return GOOD + f"\n[[engine.override_tensors]]\npattern = '{pattern}'\ndevice = \"CPU\"\n"
+
+
+PROFILE_CASES = [
+    bad(
+        "(?i) in a profile",
+        ot("(?i)EXPS"),
+        "engine.override_tensors[0].pattern: '(?i)EXPS': inline flags such as (?i) are Python "
+        "syntax; the engine's regex has no flags (tensor names are lower case) (at position 0)",
+    ),
+    bad(
+        "(?P<n>) in a profile",
+        ot("(?P<e>exps)"),
+        "engine.override_tensors[0].pattern: '(?P<e>exps)': named groups are Python syntax the "
+        "engine's std::regex rejects; use (...) (at position 0)",
+    ),
+    bad(
+        "(?#) in a profile",
+        ot("exps(?#experts)"),
+        "engine.override_tensors[0].pattern: 'exps(?#experts)': comments (?#...) are Python "
+        "syntax; remove them (at position 4)",
+    ),
+    bad(
+        "\\Z in a profile",
+        ot("exps\\Z"),
+        "engine.override_tensors[0].pattern: 'exps\\\\Z': \\Z is an anchor in Python but a "
+        "literal 'Z' in the engine's ECMAScript regex; use $ (at position 4)",
+    ),
+    bad(
+        "backreference in a profile",
+        ot("(ffn)_\\1"),
+        "engine.override_tensors[0].pattern: '(ffn)_\\\\1': backreferences (\\1) are not "
+        "supported by orch's -ot matcher (at position 6)",
+    ),
+    bad(
+        "empty pattern",
+        ot(""),
+        "engine.override_tensors[0].pattern: empty: it would match every tensor (write . if "
+        "that is meant)",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", PROFILE_CASES, ids=ids(PROFILE_CASES))
+def test_profile_patterns_follow_the_engine(cli: Cli, case: Case) -> None:
+    cli.check(case)
+
+
+def test_catastrophic_pattern_does_not_hang_the_cli(cli: Cli, tmp_path: Path) -> None:
+    from orchestrator.synthetic import TINY_DENSE, write_gguf
+
+    cli.write({"models/slow.toml": ot("(.*.*.*.*.*)*Q")})
+    gguf = write_gguf(TINY_DENSE, tmp_path / "tiny.gguf")
+    start = time.perf_counter()
+    plan = cli.run("plan", "--dry-run", "slow")
+    validate = cli.run("validate")
+    estimate = cli.run("estimate", str(gguf), "--", "-ot", "(.*.*.*.*.*)*Q=CPU")
+    assert time.perf_counter() - start < 30
+    assert plan.code == 0 and estimate.code == 0, plan.err + estimate.err
+    assert validate.code == 0, validate.out
+    assert (
+        "  warning: engine.override_tensors[0].pattern '(.*.*.*.*.*)*Q': a repeat inside a "
+        "repeat; the engine's std::regex backtracks and may take very long on it at load"
+    ) in plan.out.splitlines()

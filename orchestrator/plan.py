@@ -327,7 +327,9 @@ def _no_gpu_reason(resolved: ResolvedProfile) -> str:
         return "the container gets no GPU device: runtime.devices"
     if profile.gpus is not None:
         return f"gpus = {list(profile.gpus)}"
-    return f"hardware {resolved.hardware_name!r} has GPUs " + ", ".join(
+    if not resolved.hardware.gpus:
+        return f"hardware {resolved.hardware_name!r} has none"
+    return f"hardware {resolved.hardware_name!r} has " + ", ".join(
         f"CUDA{g.index}" for g in resolved.hardware.gpus
     )
 

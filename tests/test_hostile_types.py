@@ -114,6 +114,12 @@ CASES = [
         "[0]); the plan could not count what it holds",
     ),
     bad(
+        "gpu_layers on hardware without a GPU",
+        add("engine", "gpu_layers = 99").replace("epyc9175f-rtxpro6000", "small-cpu"),
+        "engine.gpu_layers: 99 layers offloaded, but this profile has no GPU (hardware "
+        "'small-cpu' has none); set gpu_layers = 0 or give it a GPU",
+    ),
+    bad(
         "main_gpu outside gpus",
         "gpus = [1]\n" + add("engine", "main_gpu = 0", TWO_GPUS),
         "engine.main_gpu: GPU 0 is not available (gpus = [1])",

@@ -19,7 +19,7 @@ orch prints or writes still goes through :func:`redact_argv` / :func:`redact_env
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 REDACTED = "<redacted>"
 
@@ -114,13 +114,6 @@ def redact_assignment(word: str) -> str:
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with the values of secret names redacted."""
     return {k: (REDACTED if is_secret_name(k) else v) for k, v in env.items()}
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with each known secret value (4+ characters) replaced by :data:`REDACTED`."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def _advice(name: str) -> str:

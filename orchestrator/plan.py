@@ -23,7 +23,13 @@ from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import LlamaEngine, ModelProfile, PodmanRuntime, VllmEngine
 from orchestrator.render import display, redact, render_argv
-from orchestrator.secrecy import engine_arg_problems, env_problems, podman_arg_problems, redact_env
+from orchestrator.secrecy import (
+    PODMAN_BOOL_SHORT,
+    engine_arg_problems,
+    env_problems,
+    podman_arg_problems,
+    redact_env,
+)
 from orchestrator.sizing import (
     DeviceBudget,
     budgets,
@@ -258,11 +264,19 @@ def _check_extra_args(resolved: ResolvedProfile, extra: Sequence[str], kind: str
 
 
 def _podman_flags(arg: str) -> list[str]:
-    """The podman flags one argument sets: ``--x=v`` → ``--x``; ``-dp`` → ``-d``, ``-p``."""
+    """The podman flags one argument sets: ``--x=v`` → ``--x``; ``-dp`` → ``-d``, ``-p``.
+
+    In a cluster the first letter that takes a value ends it: ``-v/tmp/p:/x`` is ``-v``.
+    """
     name = arg.split("=", 1)[0]
     if name.startswith("--") or not name.startswith("-") or len(name) <= 2:
         return [name]
-    return [f"-{letter}" for letter in name[1:]]
+    flags = []
+    for letter in name[1:]:
+        flags.append(f"-{letter}")
+        if letter not in PODMAN_BOOL_SHORT:
+            break
+    return flags
 
 
 def _check_runtime(resolved: ResolvedProfile) -> None:

@@ -35,8 +35,6 @@ SECRET_FLAGS: frozenset[str] = frozenset(
 KEY_SOURCE_FLAGS: frozenset[str] = frozenset({"--api-key-file"})
 """Flags that name where the engine reads its keys: set through ``secrets.api_key_file``."""
 
-PODMAN_ENV_FLAGS = frozenset({"-e", "--env"})
-
 _SECRET_WORDS = re.compile(r"KEY|TOKEN|SECRET|PASSW(?:OR)?D|PASSPHRASE|CREDENTIAL")
 _SECRET_SUFFIX = re.compile(r"(?:^|_)(?:PWD|PASS)$")
 _NOT_SECRET_WORDS = re.compile(r"TOKENI[SZ]ER")
@@ -69,8 +67,8 @@ def is_secret_flag(arg: str) -> bool:
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` with every secret value replaced by :data:`REDACTED`.
 
-    Covers secret flags (``--api-key K`` and ``--api-key=K``) and podman's ``-e NAME=VALUE`` /
-    ``--env=NAME=VALUE`` for secret names.
+    Covers secret flags (``--api-key K`` and ``--api-key=K``) and podman's environment flags
+    for secret names: ``-e NAME=VALUE``, ``--env=NAME=VALUE``, ``-eNAME=VALUE``, ``-de ...``.
     """
     out: list[str] = []
     hide_next = False
@@ -92,15 +90,42 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
                 out.append(arg)
                 hide_next = True
             continue
-        if name in PODMAN_ENV_FLAGS:
-            if eq:
-                out.append(f"{name}={redact_assignment(arg[len(name) + 1 :])}")
-            else:
-                out.append(arg)
-                env_next = True
-            continue
-        out.append(arg)
+        env = podman_env_flag(arg)
+        if env is None:
+            out.append(arg)
+        elif env[1]:
+            out.append(env[0] + redact_assignment(env[1]))
+        else:
+            out.append(arg)
+            env_next = True
     return out
+
+
+PODMAN_BOOL_SHORT = frozenset("ditPq")
+"""podman run's one-letter switches that take no value, so more letters may follow them."""
+
+
+def podman_env_flag(arg: str) -> tuple[str, str] | None:
+    """``(flag part, NAME=VALUE)`` if ``arg`` is podman's ``-e`` / ``--env``, else None.
+
+    The assignment is ``""`` when it is the next argument: ``--env=K=V`` → ``("--env=",
+    "K=V")``, ``-eK=V`` → ``("-e", "K=V")``, ``-de`` → ``("-de", "")``.
+    """
+    if arg.startswith("--"):
+        name, eq, rest = arg.partition("=")
+        return (name + eq, rest) if name == "--env" else None
+    if not arg.startswith("-") or len(arg) < 2:
+        return None
+    letters = arg[1:]
+    start = 0
+    while start < len(letters) and letters[start] in PODMAN_BOOL_SHORT:
+        start += 1
+    if start == len(letters) or letters[start] != "e":
+        return None
+    flag, rest = arg[: start + 2], letters[start + 1 :]
+    if rest.startswith("="):
+        flag, rest = flag + "=", rest[1:]
+    return flag, rest
 
 
 def redact_assignment(word: str) -> str:
@@ -153,16 +178,17 @@ def env_problems(env: Mapping[str, str], key: str) -> list[str]:
 
 
 def podman_arg_problems(args: Sequence[str], key: str) -> list[str]:
-    """``-e NAME=VALUE`` for secret names, and secret flags, in podman's ``extra_args``."""
+    """``-e NAME=VALUE`` (any spelling) for secret names in podman's ``extra_args``."""
     problems = []
     for i, arg in enumerate(args):
-        name, eq, rest = arg.partition("=")
-        assignment = ""
-        if name in PODMAN_ENV_FLAGS:
-            assignment = rest if eq else (args[i + 1] if i + 1 < len(args) else "")
+        env = podman_env_flag(arg)
+        if env is None:
+            continue
+        assignment = env[1] or (args[i + 1] if i + 1 < len(args) else "")
         var, has_value, _ = assignment.partition("=")
         if has_value and is_secret_name(var):
+            flag = "--env" if arg.startswith("--") else "-e"
             problems.append(
-                f"{key}[{i}]: {name} {var}=... puts a secret in the command line; " + _advice(var)
+                f"{key}[{i}]: {flag} {var}=... puts a secret in the command line; " + _advice(var)
             )
     return problems

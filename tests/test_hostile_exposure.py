@@ -143,6 +143,12 @@ def test_process_on_ipv6_any_is_shown(cli: Cli) -> None:
     assert line == "listens on [::]:8001: reachable from other machines (publish.host)"
 
 
+def test_a_value_after_a_short_flag_is_not_a_cluster(cli: Cli) -> None:
+    text = add("runtime", 'extra_args = ["-v/srv/p:/p:ro", "-it"]', PODMAN)
+    cli.write({"models/p.toml": text})
+    assert cli.run("plan", "--dry-run", "p").code == 0
+
+
 def test_declared_host_wins_over_the_orch_default(cli: Cli) -> None:
     cli.write({"models/p.toml": edit("port = 8001", 'host = "127.0.0.1"\nport = 8001')})
     result = cli.run("plan", "--dry-run", "p", env={"ORCH_DEFAULT_BIND_HOST": "0.0.0.0"})

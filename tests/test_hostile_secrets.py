@@ -98,6 +98,18 @@ CASES = [
         f"{ADVICE.format(name='GITHUB_TOKEN')}",
     ),
     bad(
+        "podman -eNAME=VALUE",
+        add("runtime", f'extra_args = ["-eHF_TOKEN={SECRET}"]', PODMAN),
+        f"runtime.extra_args[0]: -e HF_TOKEN=... puts a secret in the command line; "
+        f"{ADVICE.format(name='HF_TOKEN')}",
+    ),
+    bad(
+        "podman -de NAME=VALUE",
+        add("runtime", f'extra_args = ["-de", "DB_PASSWORD={SECRET}"]', PODMAN),
+        f"runtime.extra_args[0]: -e DB_PASSWORD=... puts a secret in the command line; "
+        f"{ADVICE.format(name='DB_PASSWORD')}",
+    ),
+    bad(
         "podman --env-host",
         add("runtime", 'extra_args = ["--env-host"]', PODMAN),
         "runtime.extra_args[0]: --env-host is orch's to set (the container's name, labels and "
@@ -178,12 +190,12 @@ def test_which_names_hold_secrets(name: str, secret: bool) -> None:
 def test_redaction_covers_every_spelling() -> None:
     argv = ["srv", "--api-key", "a1", "--api-key=a2", "-hft", "a3", "--hf-token=a4", "--api_key"]
     argv += ["a5", "-e", "HF_TOKEN=a6", "--env=MY_PASSWD=a7", "-e", "OMP_NUM_THREADS=8"]
-    argv += ["--override-tensor", "token_embd=CPU"]
+    argv += ["-eOPENAI_API_KEY=a8", "-de", "HF_TOKEN=a9", "--override-tensor", "token_embd=CPU"]
     assert redact_argv(argv) == [
         "srv", "--api-key", "<redacted>", "--api-key=<redacted>", "-hft", "<redacted>",
         "--hf-token=<redacted>", "--api_key", "<redacted>", "-e", "HF_TOKEN=<redacted>",
-        "--env=MY_PASSWD=<redacted>", "-e", "OMP_NUM_THREADS=8", "--override-tensor",
-        "token_embd=CPU",
+        "--env=MY_PASSWD=<redacted>", "-e", "OMP_NUM_THREADS=8", "-eOPENAI_API_KEY=<redacted>",
+        "-de", "HF_TOKEN=<redacted>", "--override-tensor", "token_embd=CPU",
     ]  # fmt: skip
 
 

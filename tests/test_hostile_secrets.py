@@ -6,11 +6,13 @@ Every planted value below contains PLANTED; no output orch writes may contain it
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from orchestrator.secrecy import is_secret_name, redact_argv
+from orchestrator.flagcatalogue import load_catalogue
+from orchestrator.secrecy import SECRET_FLAGS, is_secret_name, redact_argv
 from tests.conftest import OrchEnv, free_port
 from tests.hostile import GOOD, PODMAN, VLLM, Case, Cli, add, bad, cli, ids
 
@@ -246,3 +248,13 @@ def test_planted_secrets_reach_the_engine_and_nothing_else(
     assert files  # the engine log and the record were written
     for file in files:
         assert SECRET.encode() not in file.read_bytes(), file
+
+
+@pytest.mark.parametrize("kind", ["llama.cpp", "ik_llama.cpp", "vllm"])
+def test_catalogued_key_and_token_flags_are_secrets(kind: str) -> None:
+    """A regenerated flag catalogue cannot bring a key or token flag secrecy.py misses."""
+    catalogue = load_catalogue(kind)
+    for group in catalogue.groups:
+        names = [f for f in group if re.search(r"-(key|token|secret|password|passwd)$", f)]
+        if names or any(f in SECRET_FLAGS for f in group):
+            assert set(group) <= SECRET_FLAGS, (kind, group)

@@ -130,7 +130,7 @@ def shown(value: Any, loc: Loc = ()) -> str:
         if isinstance(words, list) and any(isinstance(w, str) and is_secret_flag(w) for w in words):
             return REDACTED
     text = repr(_plain(value))
-    return text if len(text) <= 80 else text[:76] + "...'"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _did_you_mean(key: str, valid: typing.Iterable[str]) -> str:

@@ -304,7 +304,11 @@ def patterns(draw: st.DrawFn) -> str:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same patterns every run: CI must not be flaky
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(pattern=patterns())
 def test_generated_patterns_agree_with_std_regex(std_regex: StdRegex, pattern: str) -> None:

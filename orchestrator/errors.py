@@ -14,10 +14,16 @@ class ProfileError(OrchError):
 
     exit_code = 2
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(
+        self, source: str, problems: list[str], *, sources: list[str] | None = None
+    ) -> None:
+        """``sources[i]``, when given, is the file problem ``i`` is about (an ``extends`` base)."""
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        self.sources = sources or [source] * len(problems)
+        super().__init__(
+            "\n".join(f"{s}: {p}" for s, p in zip(self.sources, problems, strict=True))
+        )
 
 
 class BudgetError(OrchError):

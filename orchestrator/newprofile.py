@@ -31,6 +31,7 @@ from orchestrator.profiles.schema import (
     ModelProfile,
 )
 from orchestrator.sizing import largest
+from orchestrator.textsafe import escape_controls
 
 FIRST_PORT = 8080
 CTX_STEP = 256
@@ -264,10 +265,12 @@ def propose(
     check_name(name)
     try:
         arch = architecture_from_gguf(header)
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError) as exc:  # GgufError is a ValueError
         raise NewProfileError(f"{model_path}: cannot derive architecture facts: {exc}") from None
     quant = detect_quant(header)
-    model_name = str(header.metadata.get("general.name", "")) or model_path.stem
+    # a GGUF's name is anyone's text: one line, no control characters, in the profile
+    model_name = escape_controls(str(header.metadata.get("general.name", "")), keep="")
+    model_name = model_name or escape_controls(model_path.stem, keep="")
     source = source or f"profiles/models/{name}.toml"
     jinja = "tokenizer.chat_template" in header.metadata
     base = _profile_data(
@@ -328,6 +331,9 @@ def propose(
         " header (general.architecture = "
         f"{arch.gguf_arch}).",
     ]
+    # comments hold the file's name: escaped so that no newline in it can start a TOML line
+    profile_header = [escape_controls(line, keep="") for line in profile_header]
+    arch_header = [escape_controls(line, keep="") for line in arch_header]
     arch_data = arch.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     arch_data = {"description": arch.description, **arch_data} if arch.description else arch_data
     return Proposal(
@@ -351,7 +357,7 @@ def taken_ports(models_dir: Path) -> set[int]:
     for path in models_dir.glob("*.toml"):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        except (OSError, ValueError):  # unreadable, not UTF-8, not TOML: skipped
             continue
         port = data.get("publish", {}).get("port") if isinstance(data, dict) else None
         if isinstance(port, int):

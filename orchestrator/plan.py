@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import posixpath
 from collections.abc import Sequence
@@ -15,13 +16,20 @@ import jinja2
 from orchestrator.autoplace import AutoPlacement, Candidate
 from orchestrator.autoplace import choose as choose_placement
 from orchestrator.engines import EngineAdapter, adapter_for
-from orchestrator.errors import BudgetError, ProfileError
+from orchestrator.errors import BudgetError
 from orchestrator.hfcache import HfWeights, hub_dir, unresolved
 from orchestrator.memory.breakdown import GIB, MemoryEstimate
 from orchestrator.memory.tensors import GgufHeader
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.profiles.schema import ModelProfile, PodmanRuntime
 from orchestrator.render import display, redact, render_argv
+from orchestrator.secrecy import (
+    PODMAN_BOOL_SHORT,
+    engine_arg_problems,
+    env_problems,
+    podman_arg_problems,
+    redact_env,
+)
 from orchestrator.sizing import (
     DeviceBudget,
     budgets,
@@ -83,6 +91,19 @@ class Plan:
     """Predicted decode and prefill speed (``orchestrator.speed``)."""
 
     @property
+    def exposed(self) -> bool:
+        """Whether the server listens beyond loopback (reachable from other machines)."""
+        return not is_loopback(self.host)
+
+    @property
+    def listen(self) -> str:
+        """Where the server listens, in words for ``orch plan``."""
+        where = f"{_url_host(self.host, keep_any=True)}:{self.port}"
+        if self.exposed:
+            return f"{where}: reachable from other machines (publish.host)"
+        return f"{where} (loopback only)"
+
+    @property
     def fits(self) -> bool:
         """Whether every device is within budget (and, for vLLM, the KV pool holds the ctx)."""
         return all(b.fits for b in self.budget) and not self.suggestions
@@ -100,9 +121,10 @@ class Plan:
             "engine": self.profile.engine.kind,
             "runtime": self.profile.runtime.kind,
             "argv": redact(list(self.argv)),
-            "env": self.env,
+            "env": redact_env(self.env),
             "secret_env": list(self.secret_env),
             "endpoint": self.endpoint,
+            "listen": {"host": self.host, "port": self.port, "exposed": self.exposed},
             "memory": self.memory.to_json(),
             "budget": [
                 {"device": b.device, "need": b.need, "capacity": b.capacity, "fits": b.fits}
@@ -175,8 +197,9 @@ class _ModelArgs:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
+def _model_args(resolved: ResolvedProfile, weights: HfWeights | None) -> _ModelArgs:
     """The model argument, podman mounts and environment for the profile's weights."""
+    profile = resolved.profile
     model, runtime = profile.model, profile.runtime
     podman = isinstance(runtime, PodmanRuntime)
     offline = (("HF_HUB_OFFLINE", "1"),) if weights is not None and weights.cached else ()
@@ -184,8 +207,9 @@ def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
         if weights is None:  # a local model folder
             if not podman:
                 return _ModelArgs(model.path)
+            source = _mount_source(resolved, "model.path", PurePosixPath(model.path))
             inside = posixpath.join(CONTAINER_MODELS, PurePosixPath(model.path).name)
-            return _ModelArgs(inside, (f"{model.path}:{inside}:{model.mount_options}",))
+            return _ModelArgs(inside, (f"{source}:{inside}:{model.mount_options}",))
         if not podman:
             return _ModelArgs(weights.repo, env=offline)
         assert isinstance(runtime, PodmanRuntime)
@@ -197,7 +221,7 @@ def _model_args(profile: ModelProfile, weights: HfWeights | None) -> _ModelArgs:
     if weights is None:
         if not podman:
             return _ModelArgs(model.path)
-        source, inside = _container_model_path(profile)
+        source, inside = _container_model_path(resolved)
         return _ModelArgs(inside, (f"{source}:{CONTAINER_MODELS}:{model.mount_options}",))
     if not podman:
         return _ModelArgs(weights.path)
@@ -226,17 +250,28 @@ def _lock_caps(profile: ModelProfile) -> list[str]:
     return [] if "IPC_LOCK" in runtime.cap_add else ["IPC_LOCK"]
 
 
-def _container_model_path(profile: ModelProfile) -> tuple[str, str]:
+def _container_model_path(resolved: ResolvedProfile) -> tuple[str, str]:
     """(host mount source, model path inside the container)."""
-    host_path = PurePosixPath(profile.model.path)
-    root = PurePosixPath(profile.model.mount_root) if profile.model.mount_root else host_path.parent
+    model = resolved.profile.model
+    host_path = PurePosixPath(model.path)
+    root = PurePosixPath(model.mount_root) if model.mount_root else host_path.parent
     try:
         relative = host_path.relative_to(root)
     except ValueError:
-        raise ProfileError(
-            "", [f"model.path: {host_path} is not inside model.mount_root {root}"]
+        raise resolved.error(
+            [f"model.path: {host_path} is not inside model.mount_root {root}"]
         ) from None
-    return str(root), posixpath.join(CONTAINER_MODELS, str(relative))
+    key = "model.mount_root" if model.mount_root else "model.path"
+    return _mount_source(resolved, key, root), posixpath.join(CONTAINER_MODELS, str(relative))
+
+
+def _mount_source(resolved: ResolvedProfile, key: str, folder: PurePosixPath) -> str:
+    """A host folder for podman's ``-v SOURCE:TARGET:OPTIONS``, which ``:`` or ``,`` would split."""
+    if not folder.is_absolute() or ":" in str(folder) or "," in str(folder):
+        raise resolved.error(
+            [f"{key}: podman mounts {str(folder)!r}, which must be absolute and hold no ':' or ','"]
+        )
+    return str(folder)
 
 
 def _plan_hash(parts: dict[str, Any]) -> str:
@@ -244,24 +279,103 @@ def _plan_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+ENGINE_LISTEN_FLAGS = ("--host", "--port", "--uds")
+"""Where the engine listens (any spelling): orch renders it from ``publish``."""
+PODMAN_NETWORK_FLAGS = frozenset(
+    {"-p", "--publish", "-P", "--publish-all", "--expose", "--network", "--net", "--pod"}
+)
+PODMAN_OWNED_FLAGS = frozenset({"--name", "--label", "-l", "--env-host"})
+
+
 def _check_extra_args(
     resolved: ResolvedProfile, extra: Sequence[str], adapter: EngineAdapter
 ) -> None:
-    known = adapter.catalogue.spellings
+    catalogue = adapter.catalogue
+    known = catalogue.spellings
     kind = adapter.kind
-    problems = []
+    listen = {s for flag in ENGINE_LISTEN_FLAGS for s in catalogue.aliases(flag)}
+    key = "engine.extra_args"
+    problems = engine_arg_problems(extra, key)
     for i, arg in enumerate(extra):
         name = arg.split("=", 1)[0]
-        if name in {"--api-key"}:
+        if any(p.startswith(f"{key}[{i}]:") for p in problems):
+            continue
+        if name in listen:
             problems.append(
-                f"engine.extra_args[{i}]: {name} would put a secret in the command line "
-                "(use secrets.api_key_env or secrets.api_key_file)"
+                f"{key}[{i}]: {name} is orch's to set: where the server listens comes from "
+                "publish.host and publish.port"
             )
         elif arg.startswith("-") and not arg.lstrip("-").replace(".", "").isdigit():
             if name not in known:
-                problems.append(f"engine.extra_args[{i}]: {name} is not a {kind} server flag")
+                problems.append(f"{key}[{i}]: {name} is not a {kind} server flag")
     if problems:
-        raise ProfileError(resolved.source, problems)
+        raise resolved.error(problems)
+
+
+def _podman_flags(arg: str) -> list[str]:
+    """The podman flags one argument sets: ``--x=v`` → ``--x``; ``-dp`` → ``-d``, ``-p``.
+
+    In a cluster the first letter that takes a value ends it: ``-v/tmp/p:/x`` is ``-v``.
+    """
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") or not name.startswith("-") or len(name) <= 2:
+        return [name]
+    flags = []
+    for letter in name[1:]:
+        flags.append(f"-{letter}")
+        if letter not in PODMAN_BOOL_SHORT:
+            break
+    return flags
+
+
+def _check_runtime(resolved: ResolvedProfile) -> None:
+    """Secrets, publishing and orch's own flags smuggled through the runtime's settings."""
+    runtime = resolved.profile.runtime
+    problems = env_problems(runtime.env, "runtime.env")
+    if isinstance(runtime, PodmanRuntime):
+        key = "runtime.extra_args"
+        problems += podman_arg_problems(runtime.extra_args, key)
+        for i, arg in enumerate(runtime.extra_args):
+            flags = _podman_flags(arg)
+            if any(f in PODMAN_NETWORK_FLAGS for f in flags):
+                problems.append(
+                    f"{key}[{i}]: {arg.split('=', 1)[0]} would publish the server or change its "
+                    "network behind orch's back; set publish.host / publish.port (and "
+                    "runtime.network), which orch shows in plan"
+                )
+            elif any(f in PODMAN_OWNED_FLAGS for f in flags):
+                problems.append(
+                    f"{key}[{i}]: {arg.split('=', 1)[0]} is orch's to set (the container's "
+                    "name, labels and environment)"
+                )
+    if problems:
+        raise resolved.error(problems)
+
+
+def _no_gpu_reason(resolved: ResolvedProfile) -> str:
+    profile = resolved.profile
+    runtime = profile.runtime
+    if isinstance(runtime, PodmanRuntime) and not any(
+        "gpu" in d or "nvidia" in d for d in runtime.devices
+    ):
+        return "the container gets no GPU device: runtime.devices"
+    if profile.gpus is not None:
+        return f"gpus = {list(profile.gpus)}"
+    if not resolved.hardware.gpus:
+        return f"hardware {resolved.hardware_name!r} has none"
+    return f"hardware {resolved.hardware_name!r} has " + ", ".join(
+        f"CUDA{g.index}" for g in resolved.hardware.gpus
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def build_plan(
@@ -291,18 +405,25 @@ def build_plan(
     port = profile.publish.port
     is_podman = isinstance(runtime, PodmanRuntime)
     warnings: list[str] = []
+    if profile.publish.host is None and not is_loopback(host):
+        raise resolved.error(
+            [
+                f"publish.host: not set, and orch's default_bind_host ({host}) is reachable "
+                f'from other machines; say so in the profile: publish.host = "{host}"'
+            ]
+        )
+    _check_runtime(resolved)
 
     secret_env: list[str] = []
     api_key_file = ""
     api_key_mount = ""
     key_variable = adapter.api_key_variable
     if profile.secrets.api_key_env and key_variable is None:
-        raise ProfileError(
-            resolved.source,
+        raise resolved.error(
             [
                 f"secrets.api_key_env: {engine.kind} reads no API-key variable, so the "
                 "server would start without authentication; use secrets.api_key_file"
-            ],
+            ]
         )
     key_file_by_variable = profile.secrets.api_key_file and not adapter.api_key_file_flag
     if key_variable and (profile.secrets.api_key_env or key_file_by_variable):
@@ -316,29 +437,36 @@ def build_plan(
 
     if profile.model.hf_repo and weights is None:
         weights = unresolved(profile.model, hub_dir({}))
-    model_args = _model_args(profile, weights)
+    model_args = _model_args(resolved, weights)
     model_path = model_args.model_path
-    if isinstance(runtime, PodmanRuntime):
+    if isinstance(runtime, PodmanRuntime) and runtime.network != "host":
+        # the container's own network: podman publishes it on host:port only (-p)
         bind_host, bind_port = "0.0.0.0", runtime.container_port
     else:
-        bind_host, bind_port = host, port
+        bind_host, bind_port = host, port  # the host's network: listen on publish.host itself
     if weights is not None and not weights.cached:
         then = "not startable" if adapter.reads_gguf else f"{adapter.label} downloads it at start"
         warnings.append(f"model: {weights.missing_text()} ({then})")
 
     problems = adapter.settings_problems(engine)
     if problems:
-        raise ProfileError(resolved.source, problems)
+        raise resolved.error(problems)
     _check_extra_args(resolved, engine.extra_args, adapter)
-    # profile.gpus restricts the engine itself, not only orch's budget
+    # profile.gpus restricts the engine itself, not only orch's budget: gpus = [] is none
     allowed = [name for name, _ in gpus_for(profile, resolved.hardware)]
+    problems = adapter.device_problems(engine, allowed, _no_gpu_reason(resolved))
+    if problems:
+        raise resolved.error(problems)
     devices = ",".join(allowed) if profile.gpus is not None and allowed else ""
     warnings.extend(adapter.plan_warnings(profile, devices=devices, podman=is_podman))
     off_gpu_env: dict[str, str] = {}
-    off_gpu = adapter.off_gpu(engine) if allowed else None
+    off_gpu = None
+    if allowed or profile.gpus is not None:
+        # nothing on a GPU (or no GPU allowed at all): keep the CUDA build off them, or it
+        # opens the first one anyway (a CUDA context plus a compute buffer for the batches it
+        # offloads)
+        off_gpu = adapter.off_gpu(engine, gpus_allowed=bool(allowed))
     if off_gpu is not None:
-        # nothing on a GPU: keep the CUDA build off them, or it opens the first one anyway
-        # (a CUDA context plus a compute buffer for the batches it offloads)
         devices = off_gpu.device
         off_gpu_env = dict(off_gpu.env)
     engine_ctx = {
@@ -364,7 +492,7 @@ def build_plan(
         "runtime": runtime.model_dump(mode="json"),
         "numactl": numactl_args(profile),
         "publish": [host, port],
-        "secret_env": secret_env,
+        "secret_env": [*secret_env, *profile.secrets.pass_env],
         "model": [model_args.mounts, model_args.env],
     }
     plan_hash = _plan_hash(hash_parts)
@@ -385,6 +513,7 @@ def build_plan(
             "container_env": {**dict(model_args.env), **off_gpu_env, **runtime.env},
             "api_key_mount": api_key_mount,
             "secret_env": secret_env,
+            "pass_env": profile.secrets.pass_env,
             "engine_args": engine_rendered.argv,
         }
         full = render_argv(env, "runtimes/podman.j2", runtime_ctx)
@@ -453,8 +582,8 @@ def _applied(auto: AutoPlacement) -> Candidate:
     return min(auto.considered, key=lambda c: sum(b.over_by for b in c.budget))
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
+def _url_host(host: str, *, keep_any: bool = False) -> str:
+    if host in ("0.0.0.0", "::", "") and not keep_any:
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 

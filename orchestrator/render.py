@@ -1,8 +1,10 @@
 """Jinja templates → argv lists. Nothing here touches a shell.
 
-Templates call ``flag(x)``, ``arg(x)`` and ``raw(x)``; each call emits one JSON line that
-becomes exactly one argv element, so spaces, quotes, ``$()`` and leading ``--`` in values
-survive untouched. Layout between calls is ignored; any other text is a template bug.
+Templates call ``flag(x)``, ``arg(x)``, ``pos(x)`` and ``raw(x)``; each call emits one JSON line
+that becomes exactly one argv element, so spaces, quotes and ``$()`` in values survive
+untouched. ``pos(x)`` marks a positional slot (the image, ``vllm serve``'s model, the binary):
+a value there that starts with ``-`` would be read as an option, so rendering refuses it.
+Layout between calls is ignored; any other text is a template bug.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from typing import Any
 import jinja2
 
 from orchestrator.errors import OrchError
-
-_SECRET_FLAGS = {"--api-key", "--hf-token", "--token"}
+from orchestrator.secrecy import redact_argv, redact_env
 
 
 class TemplateError(OrchError):
@@ -56,6 +57,7 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
     env.globals["flag"] = lambda name: _element("f", name)
     env.globals["arg"] = lambda value: _element("v", value)
     env.globals["raw"] = lambda value: _element("r", value)
+    env.globals["pos"] = lambda value: _element("p", value)
     return env
 
 
@@ -95,6 +97,10 @@ def render_argv(
         ((kind, value),) = item.items()
         if kind == "f" and spelling is not None:
             value = spelling(value)
+        if kind == "p" and (not value or value.startswith("-")):
+            raise TemplateError(
+                f"{template}: {value!r} in a positional slot would be read as an option"
+            )
         argv.append(value)
         if kind in ("f", "r") and value.startswith("-"):
             flags.append(value.split("=", 1)[0])
@@ -102,24 +108,8 @@ def render_argv(
 
 
 def redact(argv: tuple[str, ...] | list[str]) -> list[str]:
-    """Replace values of secret-bearing flags with ``<redacted>``."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("<redacted>")
-            hide_next = False
-            continue
-        name, eq, _ = arg.partition("=")
-        if name in _SECRET_FLAGS:
-            if eq:
-                out.append(f"{name}=<redacted>")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
-    return out
+    """Replace secret values (orchestrator.secrecy) with ``<redacted>``."""
+    return redact_argv(argv)
 
 
 def display(argv: tuple[str, ...] | list[str], env: dict[str, str] | None = None) -> str:
@@ -137,6 +127,6 @@ def display(argv: tuple[str, ...] | list[str], env: dict[str, str] | None = None
         else:
             last.append(word)
     if env:
-        prefix = ["env", *(f"{k}={v}" for k, v in sorted(env.items()))]
+        prefix = ["env", *(f"{k}={v}" for k, v in sorted(redact_env(env).items()))]
         groups.insert(0, prefix)
     return " \\\n  ".join(shlex.join(g) for g in groups)

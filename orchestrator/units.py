@@ -21,6 +21,7 @@ from orchestrator.errors import OrchError
 from orchestrator.memory.breakdown import GIB
 from orchestrator.plan import Plan
 from orchestrator.profiles.schema import PodmanRuntime
+from orchestrator.textsafe import escape_controls, is_unsafe
 
 TEMPLATE = "systemd/orch.service.j2"
 WARMUP_BASE_S = 30
@@ -76,25 +77,32 @@ def escape_specifiers(text: str) -> str:
 
 
 def quote_word(word: str) -> str:
-    """One ExecStart= word: quoted when needed, ``%`` and ``$`` escaped."""
+    r"""One ExecStart= word: quoted when needed, ``%`` and ``$`` escaped.
+
+    Control characters become C escapes (``\xNN``), which systemd decodes inside quotes, so no
+    word can end the line and add a directive.
+    """
     text = escape_specifiers(word).replace("$", "$$")
     if text and re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escape_controls(quoted, keep="") + '"'
 
 
 def environment_line(name: str, value: str) -> str:
     """One ``Environment=`` assignment, double-quoted so spaces survive."""
     if not _ENV_NAME.fullmatch(name):
         raise UnitError(f"environment: {name!r} is not a variable name")
-    if "\n" in value:
-        raise UnitError(f"environment: {name} contains a newline")
+    if any(is_unsafe(c) for c in value):
+        raise UnitError(f"environment: {name} contains a control character")
     text = escape_specifiers(f"{name}={value}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _description(plan: Plan) -> str:
     text = " ".join(plan.profile.description.split()) or f"{plan.profile.engine.kind} model server"
+    # one line, and no trailing backslash (systemd would join the next line to it)
+    text = escape_controls(text, keep="").rstrip("\\ ")
     return escape_specifiers(f"orch {plan.name}: {text}")
 
 
@@ -102,6 +110,8 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
     """The template's variables, every value already escaped for systemd."""
     if not PurePosixPath(host.orch_path).is_absolute():
         raise UnitError(f"orch path {host.orch_path!r} is not absolute (systemd needs one)")
+    if any(is_unsafe(c) for c in host.orch_path):
+        raise UnitError(f"orch path {host.orch_path!r} holds a control character systemd refuses")
     orch = quote_word(host.orch_path)
     profile = plan.profile
     podman = isinstance(profile.runtime, PodmanRuntime)
@@ -119,6 +129,7 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
     memlock = adapter_for(engine).locks_memory(engine)
     locked = plan.memory.devices["CPU"].weights if "CPU" in plan.memory.devices else 0
     api_key_env = profile.secrets.api_key_env or ""
+    passed = " ".join(f"{v}=..." for v in (api_key_env, *profile.secrets.pass_env) if v)
     return {
         "name": plan.name,
         "description": _description(plan),
@@ -128,8 +139,8 @@ def unit_context(plan: Plan, host: UnitHost) -> dict[str, object]:
         "exec_start": f"{orch} up --foreground {quote_word(plan.name)}",
         "exec_stop": f"{orch} down {quote_word(plan.name)}",
         "environment": [environment_line(k, v) for k, v in sorted(host.environment.items())],
-        "environment_file": f"-%E/orch/{plan.name}.env" if api_key_env else "",
-        "api_key_env": api_key_env,
+        "environment_file": f"-%E/orch/{plan.name}.env" if passed else "",
+        "api_key_env": passed,
         "load_timeout_s": math.ceil(plan.load_timeout_s),
         "model_gib": f"{plan.model_bytes / GIB:.2f}",
         "warmup_s": warmup_allowance_s(plan),

@@ -115,7 +115,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "ot regex does not compile",
         GOOD + '\n[[engine.override_tensors]]\npattern = "blk\\\\.(0|1"\ndevice = "CPU"\n',
-        "engine.override_tensors[0].pattern: regex 'blk\\\\.(0|1' does not compile: missing ), unterminated subpattern at position 5",
+        "engine.override_tensors[0].pattern: 'blk\\\\.(0|1': missing ')' (at position 5)",
     ),
     (
         "ot bad device",

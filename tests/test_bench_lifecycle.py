@@ -212,6 +212,8 @@ def test_bench_errors(orch_env: OrchEnv, tiny_gguf: Path, llama_server_binary: P
 def test_bench_vllm_streams_and_asks_its_version(orch_env: OrchEnv) -> None:
     from tests.test_warmup_vllm import TOKEN_S, _vllm_profile
 
+    # its name holds TOKEN, so a profile may not set it (secrets): the process inherits it
+    orch_env.env["FAKE_VLLM_TOKEN_S"] = str(TOKEN_S)
     orch_env.write_profile("v", _vllm_profile(free_port()))
     up = orch_env.run("up", "v", "--skip-memory-check")
     assert up.returncode == 0, up.stdout + up.stderr

@@ -101,13 +101,14 @@ ESTIMATES = [
     ("CPU only, fits", "small-cpu", ["-c", "4096"], 0, ["yes"], None),
     ("over budget", "small-cpu", ["--cache-ram", "40000"], 3, ["NO"], None),
     ("no hardware, -ngl 99", None, ["-ngl", "99"], 0, ["-"], "-ngl"),
+    # (-ot exps=CUDA0 without --hardware is an error: tests/test_hostile_types.py)
     (
         "no hardware, several",
         None,
-        ["-ngl", "99", "-ot", "exps=CUDA0", "--cpu-moe"],
+        ["-ngl", "99", "--cpu-moe", "-mg", "0"],
         0,
         ["-"],
-        "-ngl, -ot, --cpu-moe",
+        "-ngl, --cpu-moe, -mg",
     ),
     (
         "no hardware, --n-gpu-layers=5",
@@ -250,3 +251,24 @@ def test_ps_with_long_names_stays_within_80_columns(tmp_path: Path) -> None:
         "up",
     ]
     assert max(len(line) for line in lines) <= 80
+
+
+@pytest.mark.parametrize("width", [80, 15])
+def test_tables_escape_control_characters_both_ways(width: int) -> None:
+    # the console every command prints through escapes what it renders: a table's cells when
+    # it fits, the one-line-per-row form when it does not
+    import io
+
+    from orchestrator.cli.output import SafeConsole
+    from orchestrator.cli.tables import plain_table, print_table
+
+    out = io.StringIO()
+    console = SafeConsole(file=out, width=width, highlight=False, soft_wrap=True)
+    table = plain_table("t\x1b]0;title\x07", ("name", "value"))
+    rows = [["a\x1b[2Jb", "1\r2"]]
+    table.add_row(*rows[0])
+    print_table(console, table, rows)
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert "a\\x1b[2Jb" in text and "1\\x0d2" in text
+    assert ("name" in text) == (width == 80)  # the table itself, or a line per row

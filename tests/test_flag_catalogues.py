@@ -310,7 +310,7 @@ def test_estimate_accepts(
     [
         ("llama.cpp", ["--made-up", "1"], "--made-up is not a llama.cpp llama-server flag"),
         ("llama.cpp", ["-ger"], "-ger is not a llama.cpp llama-server flag"),
-        ("llama.cpp", ["--ctx-size"], "--ctx-size needs 1 value(s)"),
+        ("llama.cpp", ["--ctx-size"], "--ctx-size needs a value"),
         ("llama.cpp", ["-c", "big"], "--ctx-size: expected an integer, got 'big'"),
         ("llama.cpp", ["--verbose=1"], "--verbose takes no value"),
         (

@@ -153,14 +153,14 @@ TOML_CASES = [
         "unknown key",
         b'stat_dir = "/x"\n',
         2,
-        "{toml}: stat_dir: unknown key (valid: profiles_dir, templates_dir, state_dir, "
+        "{toml}: stat_dir: unknown key; did you mean state_dir? (valid: profiles_dir, templates_dir, state_dir, "
         "podman_binary, default_bind_host, serve)",
     ),
     (
         "unknown key in [serve]",
         b"[serve]\nprot = 1\n",
         2,
-        "{toml}: serve.prot: unknown key (valid: host, port, models, pinned, idle_ttl_s, "
+        "{toml}: serve.prot: unknown key; did you mean port? (valid: host, port, models, pinned, idle_ttl_s, "
         "queue_limit, max_wait_s, fairness_s, drain_grace_s, retry_after_s, profiles)",
     ),
     ("bad value", b'[serve]\nport = "x"\n', 2, "{toml}: serve.port: expected an integer, got 'x'"),

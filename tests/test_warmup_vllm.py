@@ -158,7 +158,7 @@ served_model_name = "{SERVED}"
 
 [runtime]
 kind = "process"
-env = {{ FAKE_VLLM_TTFT_S = "{TTFT_S}", FAKE_VLLM_TOKEN_S = "{TOKEN_S}" }}
+env = {{ FAKE_VLLM_TTFT_S = "{TTFT_S}" }}
 
 [publish]
 port = {port}
@@ -170,6 +170,8 @@ max_tokens = {MAX_TOKENS}
 
 
 def test_orch_up_vllm_reports_streamed_ttft(orch_env: OrchEnv) -> None:
+    # its name holds TOKEN, so a profile may not set it (secrets): the process inherits it
+    orch_env.env["FAKE_VLLM_TOKEN_S"] = str(TOKEN_S)
     orch_env.write_profile("v", _vllm_profile(free_port()))
     up = orch_env.run("up", "v", "--skip-memory-check")
     try:

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from orchestrator import __version__
 from orchestrator.app import App
+from orchestrator.cli.output import make_console
 from orchestrator.errors import OrchError, PreflightError
 from orchestrator.names import require_profile_name
 from orchestrator.settings import load_settings
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn every OrchError into a message and exit code."""
-    console = Console(highlight=False, soft_wrap=True)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = make_console()
+    errors = make_console(stderr=True)
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []

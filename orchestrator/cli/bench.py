@@ -19,6 +19,7 @@ from orchestrator.app import App
 from orchestrator.bench import chart, ledger, schedule, stats
 from orchestrator.bench.ledger import BenchResult, Method, RunRow
 from orchestrator.bench.run import Target, engine_build, file_digest, run_series, run_sweep
+from orchestrator.cli.output import make_console
 from orchestrator.engines import adapter_for
 from orchestrator.errors import NotRunningError, PreflightError, ProfileError
 from orchestrator.plan import Plan
@@ -169,7 +170,7 @@ def _read_ledger(path: Path) -> ledger.Ledger:
 
 
 def _err(text: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
+    make_console(stderr=True).print(text, markup=False)
 
 
 def _target(plan: Plan, record: Record) -> Target:
@@ -518,7 +519,7 @@ class _Progress:
     """Prints the per-run table a row at a time, as the runs finish (stderr with --json)."""
 
     def __init__(self, console: Console, *, quiet: bool, sweep: bool) -> None:
-        self.console = console if not quiet else Console(stderr=True, highlight=False)
+        self.console = console if not quiet else make_console(stderr=True)
         self.sweep = sweep
 
     def header(self, name: str, count: int, max_tokens: int, engine: str) -> None:

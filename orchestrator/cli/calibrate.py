@@ -12,6 +12,7 @@ from rich.console import Console
 
 from orchestrator.app import App
 from orchestrator.calibrate import DEFAULT_TYPES, calibrate_cpu, calibrate_gpu, write_profile
+from orchestrator.cli.output import make_console
 from orchestrator.errors import PreflightError, ProfileError
 from orchestrator.ggml_types import GGML_TYPES
 from orchestrator.probe import probe_gpus
@@ -93,7 +94,7 @@ def cmd_calibrate(args: argparse.Namespace, app: App, console: Console) -> int:
             f"{args.binary}: no such llama-server (pass --binary PATH; `make setup` builds one "
             "under ~/.cache/orch/llama-server/)"
         )
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
 
     def progress(message: str) -> None:
         err.print(f"calibrate: {message}", markup=False)

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.app import App, live_problems
 from orchestrator.autoplace import AutoPlacement, as_auto
+from orchestrator.cli.output import make_console
 from orchestrator.cli.tables import plain_table, print_memory, print_table
 from orchestrator.engines import LLAMA_SERVERS, adapter_for
 from orchestrator.errors import BudgetError, OrchError, PreflightError, ProfileError
@@ -191,7 +193,7 @@ def _gib(n: int) -> str:
 def _print_plan(
     console: Console, plan: Plan, problems: list[str], notes: list[str] | None = None
 ) -> None:
-    console.print(f"[bold]{plan.name}[/bold]  ({plan.source})")
+    console.print(f"[bold]{plan.name}[/bold]  ({escape(plan.source)})")
     desc = plan.profile.description
     if desc:
         console.print(f"  {desc}", markup=False)
@@ -204,6 +206,8 @@ def _print_plan(
     if plan.weights is not None:
         where = plan.weights.path if plan.weights.cached else "not in the cache (see below)"
         console.print(f"  {plan.weights.label()}: {where}", markup=False)
+    listen = f"  listens on {plan.listen}"
+    console.print(f"[bold red]{escape(listen)}[/bold red]" if plan.exposed else escape(listen))
     console.print()
     console.print(plan.display(), markup=False)
     console.print()
@@ -225,7 +229,7 @@ def _print_plan(
     for note in notes or []:
         console.print(f"  note: {note}", markup=False)
     for problem in problems:
-        console.print(f"  [red]cannot start here:[/red] {problem}")
+        console.print(f"  [red]cannot start here:[/red] {escape(problem)}")
     console.print()
 
 
@@ -265,7 +269,7 @@ def _plan_one(
     resolved = app.resolve(name, args.hardware)
     if args.placement == "auto":
         if not adapter_for(resolved.profile.engine).places_layers:
-            Console(stderr=True).print(
+            make_console(stderr=True).print(
                 f"note: {name}: --placement auto applies to llama.cpp engines; vLLM places "
                 "by tensor_parallel_size, so this plan is unchanged",
                 markup=False,
@@ -487,16 +491,17 @@ GPU_FLAGS = (
 
 
 def gpu_flags(server_args: list[str], catalogue: FlagCatalogue) -> list[str]:
-    """The GPU flags in a llama-server command line, as written (``-ot`` only naming a GPU)."""
+    """The GPU flags in a llama-server command line, as written.
+
+    (An ``-ot`` rule naming a GPU is refused without ``--hardware``, by the argument parser.)
+    """
     wanted = {catalogue.canonical(flag) for flag in GPU_FLAGS}
-    ngl, ot = catalogue.canonical("--n-gpu-layers"), catalogue.canonical("--override-tensor")
+    ngl = catalogue.canonical("--n-gpu-layers")
     found = []
     for i, arg in enumerate(server_args):
         name, _, inline = arg.partition("=")
         flag = catalogue.canonical(name)
         value = inline or (server_args[i + 1] if i + 1 < len(server_args) else "")
         if flag in wanted and not (flag == ngl and value == "0"):
-            found.append(name)
-        elif flag == ot and "CUDA" in value:
             found.append(name)
     return list(dict.fromkeys(found))

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from orchestrator import instances
 from orchestrator.app import App
+from orchestrator.cli.output import make_console
 from orchestrator.cli.tables import plain_table, print_table
 from orchestrator.errors import NotRunningError, OrchError
 from orchestrator.lifecycle import Event, Lifecycle, Started, UpOptions, comparable_memory
@@ -29,6 +30,7 @@ from orchestrator.runtime import STOP_GRACE_S, Handle
 from orchestrator.runtime import podman as podman_rt
 from orchestrator.runtime import process as process_rt
 from orchestrator.state import CorruptRecord, StateStore
+from orchestrator.textsafe import StreamEscaper, escape_controls
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
@@ -131,7 +133,7 @@ def _store(app: App) -> StateStore:
 
 
 def _err(text: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
+    make_console(stderr=True).print(text, markup=False)
 
 
 def _uptime(seconds: float) -> str:
@@ -541,12 +543,16 @@ def cmd_logs(args: argparse.Namespace, app: App, console: Console) -> int:
 
 
 def _write_lines(lines: list[str]) -> None:
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.write("".join(escape_controls(line) + "\n" for line in lines))
     sys.stdout.flush()
 
 
+_LOG_ESCAPER = StreamEscaper()
+"""Engine output may echo a GGUF's name or a prompt: no escape sequence reaches the terminal."""
+
+
 def _write_chunk(chunk: bytes) -> None:
-    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.write(_LOG_ESCAPER.feed(chunk))
     sys.stdout.buffer.flush()
 
 

@@ -225,9 +225,23 @@ class EngineAdapter(ABC):
         """Whether the profile places nothing on a GPU, so the engine must not open one."""
         return False
 
-    def off_gpu(self, engine: EngineSettings) -> OffGpu | None:
-        """What keeps the engine off the GPUs when :meth:`stays_off_gpu` (else None)."""
+    def off_gpu(self, engine: EngineSettings, *, gpus_allowed: bool = True) -> OffGpu | None:
+        """What keeps the engine off every GPU, or None when it may use them.
+
+        It must stay off when the profile may use no GPU (``gpus = []``: ``gpus_allowed``
+        false), or when :meth:`stays_off_gpu`.
+        """
         return None
+
+    def device_problems(
+        self, engine: EngineSettings, allowed: Sequence[str], why: str
+    ) -> list[str]:
+        """Settings placing work on a GPU the profile may not use (``allowed``: those it may).
+
+        The plan counts only ``allowed`` GPUs, so anything the engine would put elsewhere would
+        be counted nowhere; ``why`` says where ``allowed`` comes from.
+        """
+        return []
 
     def process_env(self, env: Mapping[str, str], gpu_indices: Sequence[int]) -> dict[str, str]:
         """The environment of a process run, restricted to ``gpu_indices`` when given."""

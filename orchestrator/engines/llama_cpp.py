@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from orchestrator.ecmaregex import PatternError, compile_pattern
 from orchestrator.engines.base import (
     ArgsError,
     EngineAdapter,
@@ -26,7 +28,7 @@ from orchestrator.memory.llama import (
 )
 from orchestrator.memory.tensors import Tensor
 from orchestrator.profiles.loader import ResolvedProfile
-from orchestrator.profiles.schema import HardwareProfile, LlamaEngine
+from orchestrator.profiles.schema import HardwareProfile, LlamaEngine, ModelProfile
 from orchestrator.search import largest, with_engine
 
 LOAD_MODE_SINCE_BUILD = 10114
@@ -108,13 +110,48 @@ class LlamaServerAdapter(EngineAdapter):
         e = llama_settings(engine)
         return e.gpu_layers == 0 and all(r.device == CPU for r in e.override_tensors)
 
-    def off_gpu(self, engine: EngineSettings) -> OffGpu | None:
+    def off_gpu(self, engine: EngineSettings, *, gpus_allowed: bool = True) -> OffGpu | None:
         """``--device none`` where the engine takes it, else ``CUDA_VISIBLE_DEVICES=``."""
-        if not self.stays_off_gpu(engine):
+        if gpus_allowed and not self.stays_off_gpu(engine):
             return None
         if self.caps(engine.version).device_none:
             return OffGpu(device="none")
         return OffGpu(env=(("CUDA_VISIBLE_DEVICES", ""),))
+
+    def device_problems(
+        self, engine: EngineSettings, allowed: Sequence[str], why: str
+    ) -> list[str]:
+        """``-ot`` rules, ``gpu_layers``, ``main_gpu`` or ``tensor_split`` beyond ``allowed``."""
+        e = llama_settings(engine)
+        problems = []
+        for i, rule in enumerate(e.override_tensors):
+            if rule.device != CPU and rule.device not in allowed:
+                problems.append(
+                    f"engine.override_tensors[{i}].device: {rule.device} is not available to "
+                    f"this profile ({why}); the plan could not count what it holds"
+                )
+        if not allowed and e.gpu_layers:
+            problems.append(
+                f"engine.gpu_layers: {e.gpu_layers} layers offloaded, but this profile has no "
+                f"GPU ({why}); set gpu_layers = 0 or give it a GPU"
+            )
+        if e.main_gpu is not None and f"CUDA{e.main_gpu}" not in allowed:
+            problems.append(f"engine.main_gpu: GPU {e.main_gpu} is not available ({why})")
+        if e.tensor_split and len(e.tensor_split) > len(allowed):
+            problems.append(
+                f"engine.tensor_split: {len(e.tensor_split)} parts for {len(allowed)} GPU(s) "
+                f"this profile may use ({why})"
+            )
+        return problems
+
+    def plan_warnings(self, profile: ModelProfile, *, devices: str, podman: bool) -> list[str]:
+        """``-ot`` patterns with a repeat inside a repeat: slow in the engine's ``std::regex``."""
+        return [
+            f"engine.override_tensors[{i}].pattern {rule.pattern!r}: a repeat inside a repeat; "
+            "the engine's std::regex backtracks and may take very long on it at load"
+            for i, rule in enumerate(llama_settings(profile.engine).override_tensors)
+            if compile_pattern(rule.pattern).nested_repeat
+        ]
 
     # ------------------------------------------------------------ memory
 
@@ -239,6 +276,7 @@ class LlamaServerAdapter(EngineAdapter):
         """
         catalogue = self.catalogue
         caps = self.caps("latest")
+        given_gpus = bool(gpus)
         values: dict[str, str] = {}
         switches: set[str] = set()
         overrides: list[tuple[str, str]] = []
@@ -269,28 +307,23 @@ class LlamaServerAdapter(EngineAdapter):
             taken = [inline] if eq else []
             need = count - len(taken)
             if i + 1 + need > len(args):
-                raise ArgsError(f"{name} needs {count} value(s)")
+                raise ArgsError(f"{name} needs " + ("a value" if count == 1 else f"{count} values"))
             taken += args[i + 1 : i + 1 + need]
             i += 1 + need
             value = taken[0]
             if flag.canonical == key("--override-tensor"):
-                for rule in value.split(","):
-                    pattern, sep, device = rule.partition("=")
-                    if not sep:
-                        raise ArgsError(f"{name} {rule!r}: expected PATTERN=DEVICE")
-                    overrides.append((pattern, device))
+                overrides.extend(_override_rules(flag.canonical, value))
             elif flag.canonical == key("--n-cpu-moe"):
-                overrides.extend(
-                    n_cpu_moe_rules(_integer(name, value), moe_layers, caps.n_cpu_moe_from_end)
-                )
+                count_moe = _integer(name, value, 0)
+                overrides.extend(n_cpu_moe_rules(count_moe, moe_layers, caps.n_cpu_moe_from_end))
             values[flag.canonical] = value
 
         def given(spelling: str) -> str | None:
             return values.get(key(spelling))
 
-        def number(spelling: str, default: int) -> int:
+        def number(spelling: str, default: int, minimum: int = 0) -> int:
             value = given(spelling)
-            return default if value is None else _integer(spelling, value)
+            return default if value is None else _integer(spelling, value, minimum)
 
         def switched(spelling: str) -> bool:
             return key(spelling) in switches
@@ -302,7 +335,7 @@ class LlamaServerAdapter(EngineAdapter):
                     f"{spelling}: {kv_type!r} is not one of {', '.join(KV_CACHE_TYPES)}"
                 )
         ngl_raw = given("--n-gpu-layers") or "-1"
-        ngl = -1 if ngl_raw in ("all", "auto", "-1") else _integer("--n-gpu-layers", ngl_raw)
+        ngl = -1 if ngl_raw in ("all", "auto", "-1") else _integer("--n-gpu-layers", ngl_raw, 0)
         # --load-mode mlock reads into locked host buffers without mmap (llama_model_loader's
         # use_mmap is true only for auto, mmap and mmap+mlock); orch's "mlock" is mmap+mlock.
         load_mode = {
@@ -341,19 +374,27 @@ class LlamaServerAdapter(EngineAdapter):
             keep = [i for i, g in enumerate(gpus) if g in names]
             gpus = tuple(gpus[i] for i in keep)
             gpu_vram_mib = tuple(gpu_vram_mib[i] for i in keep)
+        devices = (CPU, *gpus)
+        for pattern, device in overrides:
+            if device not in devices:
+                hint = "" if given_gpus else "; pass --hardware to plan GPUs"
+                raise ArgsError(
+                    f"{key('--override-tensor')} '{pattern}={device}': {device!r} is not a "
+                    f"device here (valid: {', '.join(devices)}{hint})"
+                )
         return LlamaConfig(
             ctx=number("--ctx-size", 0),
-            ubatch=number("--ubatch-size", 512),
-            batch=number("--batch-size", 2048),
+            ubatch=number("--ubatch-size", 512, minimum=1),
+            batch=number("--batch-size", 2048, minimum=1),
             gpu_layers=ngl,
             overrides=tuple(overrides),
             cache_type_k=given("--cache-type-k") or "f16",
             cache_type_v=given("--cache-type-v") or "f16",
             flash_attn=flash,
             load_mode=load_mode,
-            parallel=(caps.default_parallel if auto_parallel else max(number("--parallel", 1), 1)),
+            parallel=caps.default_parallel if auto_parallel else number("--parallel", 1, minimum=1),
             tensor_split=split,
-            cache_ram_mib=number("--cache-ram", caps.default_cache_ram_mib),
+            cache_ram_mib=number("--cache-ram", caps.default_cache_ram_mib, minimum=-1),
             gpus=gpus,
             gpu_vram_mib=gpu_vram_mib,
             cuda_context_mib=cuda_context_mib,
@@ -365,18 +406,46 @@ class LlamaServerAdapter(EngineAdapter):
         )
 
 
-def _integer(flag: str, value: str) -> int:
+INT32_MAX = 2**31 - 1
+"""llama-server reads its integer flags with ``std::stoi``."""
+
+
+def _integer(flag: str, value: str, minimum: int) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ArgsError(f"{flag}: expected an integer, got {value!r}") from None
+    if not minimum <= number <= INT32_MAX:
+        raise ArgsError(f"{flag}: {number} is out of range ({minimum}..{INT32_MAX})")
+    return number
 
 
 def _fraction(flag: str, value: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ArgsError(f"{flag}: expected numbers, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ArgsError(f"{flag}: {value!r} is not a finite number >= 0")
+    return number
+
+
+def _override_rules(flag: str, value: str) -> list[tuple[str, str]]:
+    """``-ot PATTERN=DEVICE,...``, each pattern checked the way the engine reads it.
+
+    Both engines compile the patterns with C++ ``std::regex`` (ECMAScript).
+    """
+    rules = []
+    for rule in value.split(","):
+        pattern, sep, device = rule.partition("=")
+        if not sep:
+            raise ArgsError(f"{flag} {rule!r}: expected PATTERN=DEVICE")
+        try:
+            compile_pattern(pattern)
+        except PatternError as exc:
+            raise ArgsError(f"{flag} {pattern!r}: {exc}") from None
+        rules.append((pattern, device))
+    return rules
 
 
 class LlamaCppAdapter(LlamaServerAdapter):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from orchestrator.engines.base import EngineAdapter, EngineCaps, EngineSettings, Fits
+from orchestrator.engines.base import EngineAdapter, EngineCaps, EngineSettings, Fits, OffGpu
 from orchestrator.memory.breakdown import MemoryEstimate
 from orchestrator.memory.tensors import Tensor
 from orchestrator.memory.vllm import VllmConfig, estimate_vllm
@@ -111,6 +111,10 @@ class VllmAdapter(EngineAdapter):
                 f"{devices} there (e.g. nvidia.com/gpu={devices.removeprefix('CUDA')})"
             )
         return out
+
+    def off_gpu(self, engine: EngineSettings, *, gpus_allowed: bool = True) -> OffGpu | None:
+        """``gpus = []``: ``CUDA_VISIBLE_DEVICES=`` (vllm serve has no device flag)."""
+        return None if gpus_allowed else OffGpu(env=(("CUDA_VISIBLE_DEVICES", ""),))
 
     def process_env(self, env: Mapping[str, str], gpu_indices: Sequence[int]) -> dict[str, str]:
         """``CUDA_VISIBLE_DEVICES`` (vllm serve has no device flag)."""

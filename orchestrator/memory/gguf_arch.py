@@ -8,7 +8,8 @@ from pydantic import ValidationError
 
 from orchestrator.memory.gguf_file import GgufError
 from orchestrator.memory.tensors import GgufHeader
-from orchestrator.profiles.schema import Architecture, LinearAttention, Moe
+from orchestrator.profiles.schema import Architecture, LinearAttention, Moe, arch_name_problem
+from orchestrator.textsafe import escape_controls
 
 
 def _scalar(value: Any) -> Any:
@@ -29,6 +30,10 @@ class _Meta:
         if not isinstance(arch, str) or not arch:
             self.arch = ""
             raise self.error("general.architecture", f"missing or not a name ({arch!r})")
+        problem = arch_name_problem(arch)
+        if problem:  # it names keys in every message below, and the profile orch new writes
+            self.arch = ""
+            raise self.error("general.architecture", problem)
         self.arch = arch
 
     def error(self, key: str, problem: str) -> GgufError:
@@ -94,11 +99,12 @@ def architecture_from_gguf(header: GgufHeader) -> Architecture:
         )
     total = sum(t.nbytes for t in header.tensors)
     params = sum(_elements(t.shape) for t in header.tensors)
+    # a GGUF's name is anyone's text: one line, no control characters
     name = meta.get("general.name")
+    name = escape_controls(name, keep="") if isinstance(name, str) else ""
     try:
         return Architecture(
-            description=(name if isinstance(name, str) and name else "")
-            or f"{arch} from GGUF ({total} bytes)",
+            description=name or f"{arch} from GGUF ({total} bytes)",
             gguf_arch=arch,
             params_b=max(params / 1e9, 1e-6),
             n_layer=n_layer,

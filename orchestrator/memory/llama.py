@@ -3,7 +3,8 @@
 Placement follows llama.cpp's loader: ``-ngl N`` puts the last ``N`` of the ``n_layer + 1``
 layers on the GPUs (the output layer counts as one), split across GPUs by cumulative
 fractions; token embeddings stay on the host; ``-ot`` / ``--cpu-moe`` / ``--n-cpu-moe`` rules
-apply in command-line order and the first regex that matches (search semantics) wins.
+apply in command-line order and the first regex that matches (search semantics) wins. The
+regexes are ECMAScript, as the engines' ``std::regex`` reads them (``orchestrator.ecmaregex``).
 
 Checked against real runs: ``benchmarks/data/h100-llama-server.csv`` (GPU) and
 ``benchmarks/data/cpu-llama-server.csv`` (CPU only), see ``orchestrator.memory.calibration``;
@@ -14,10 +15,10 @@ that follows ggml-cuda's rules (``benchmarks/sched_sim``, ``tests/test_memory_sc
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.ecmaregex import compile_pattern
 from orchestrator.ggml_types import ggml_type
 from orchestrator.memory.breakdown import MIB, DeviceMemory, MemoryEstimate
 from orchestrator.memory.tensors import Tensor
@@ -148,7 +149,7 @@ def _layer_devices(n_layer: int, cfg: LlamaConfig) -> tuple[dict[int, str], str]
 @functools.lru_cache(maxsize=8192)
 def _matching(pattern: str, names: tuple[str, ...]) -> frozenset[str]:
     """Names the regex finds a match in (cached: placement searches reuse rules)."""
-    rx = re.compile(pattern)
+    rx = compile_pattern(pattern)
     return frozenset(name for name in names if rx.search(name))
 
 
@@ -434,7 +435,7 @@ def estimate_llama(
     host_matrices = [
         t.nbytes for t in cpu_weight_tensors if t.layer is not None and len(t.shape) >= 2
     ]
-    expert = re.compile(EXPERT_REGEX)
+    expert = compile_pattern(EXPERT_REGEX)
     host_layers = any(
         t.layer is not None and len(t.shape) >= 2 and not expert.search(t.name)
         for t in cpu_weight_tensors

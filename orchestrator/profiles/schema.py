@@ -1,26 +1,82 @@
-"""Typed, frozen profile models. Unknown keys are errors everywhere."""
+"""Typed, frozen profile models.
+
+Unknown keys are errors everywhere, and types are strict: ``ctx = true`` or ``port = "8001"``
+is an error, not a conversion; floats must be finite; integers fit the engines' ``int``.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from orchestrator.ecmaregex import PatternError, compile_pattern
 from orchestrator.ggml_types import GGML_TYPES
 from orchestrator.names import PROFILE_NAME as PROFILE_NAME
+
+INT32_MAX = 2**31 - 1
+"""llama-server reads integer flags with ``std::stoi``."""
 
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 LoadMode = Literal["mmap", "no-mmap", "mlock"]
 FlashAttn = Literal["on", "off", "auto"]
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(gt=0, le=INT32_MAX)]
+NonNegInt = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+def _env_name(value: str) -> str:
+    # the value is not echoed: a key pasted here by mistake must not reach the terminal
+    if not value:
+        raise ValueError("empty: name the environment variable")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(
+            "not an environment variable name (letters, digits and _, not starting with a "
+            "digit); name the variable, not its value"
+        )
+    return value
+
+
+def _not_an_option(value: str) -> str:
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} starts with '-', so it would be read as an option")
+    return value
+
+
+def _word(value: str) -> str:
+    if not value:
+        raise ValueError("empty")
+    return _not_an_option(value)
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""An environment variable's name: it reaches systemd units and ``podman -e``."""
+Word = Annotated[str, AfterValidator(_word)]
+"""A value that lands where a command reads options (a positional slot, a flag's value)."""
+MaybeWord = Annotated[str, AfterValidator(_not_an_option)]
+"""A :data:`Word` that may be empty (unset)."""
 
 
 class Strict(BaseModel):
-    """Base: frozen, unknown keys rejected."""
+    """Base: frozen, unknown keys rejected, strict types, finite floats."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arrays_as_tuples(cls, data: Any) -> Any:
+        """TOML arrays are lists; strict tuple fields take them as tuples (models are frozen)."""
+        if isinstance(data, dict):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return data
 
 
 # ---------------------------------------------------------------- hardware
@@ -200,6 +256,13 @@ class LinearAttention(Strict):
     conv_kernel: PosInt = 4
 
 
+def arch_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a GGUF architecture name (it becomes TOML, keys and file names)."""
+    if re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
+        return None
+    return f"{name!r} is not an architecture name (lower-case letters, digits, _ . -)"
+
+
 class Architecture(Strict):
     """Facts about a model that every quant and profile of it share."""
 
@@ -224,6 +287,14 @@ class Architecture(Strict):
     linear_attention: LinearAttention | None = None
     extra_params_b: Annotated[float, Field(ge=0)] = 0.0
     """Parameters outside the text decoder (vision tower, MTP head) that vLLM still loads."""
+
+    @field_validator("gguf_arch")
+    @classmethod
+    def _arch_name(cls, value: str) -> str:
+        problem = arch_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _dense_needs_ff(self) -> Architecture:
@@ -252,7 +323,7 @@ HF_REVISION = r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"
 class ModelFile(Strict):
     """The weights: a GGUF by path or in a Hugging Face cache, or (vLLM) a Hugging Face repo."""
 
-    path: str = ""
+    path: MaybeWord = ""
     hf_repo: str = ""
     """``ORG/NAME`` on the Hugging Face Hub, found offline in the host's cache."""
     hf_file: str = ""
@@ -263,7 +334,7 @@ class ModelFile(Strict):
     mount_root: str = ""
     """Podman, with ``path``: the host folder mounted at /models (default: the GGUF's folder).
     With ``hf_repo`` orch mounts the repo's cache folder, so the snapshot's links resolve."""
-    mount_options: str = "ro,Z"
+    mount_options: Annotated[str, Field(pattern=r"^[A-Za-z0-9=_-]+(,[A-Za-z0-9=_-]+)*$")] = "ro,Z"
 
     @field_validator("hf_repo")
     @classmethod
@@ -283,7 +354,7 @@ class ModelFile(Strict):
     @field_validator("revision")
     @classmethod
     def _revision(cls, value: str) -> str:
-        if not re.fullmatch(HF_REVISION, value) or ".." in value:
+        if not re.fullmatch(HF_REVISION, value) or ".." in value or value.startswith("-"):
             raise ValueError(f"{value!r} is not a branch, tag or commit hash")
         return value
 
@@ -317,13 +388,15 @@ class OverrideTensor(Strict):
 
     @field_validator("pattern")
     @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"regex {value!r} does not compile: {exc}") from None
+    def _ecmascript(cls, value: str) -> str:
         if "," in value or "=" in value:
             raise ValueError(f"{value!r}: ',' and '=' separate -ot rules and cannot appear in one")
+        if not value:
+            raise ValueError("empty: it would match every tensor (write . if that is meant)")
+        try:
+            compile_pattern(value)  # the engines' std::regex grammar (ECMAScript)
+        except PatternError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
         return value
 
     @field_validator("device")
@@ -342,7 +415,8 @@ class Sampling(Strict):
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-1, le=2**32 - 1)] | None = None
+    """llama-server reads it as a uint32 (``std::stoul``); -1 is a random seed."""
 
 
 AUTO_PLACED = ("gpu_layers", "cpu_moe", "n_cpu_moe", "override_tensors", "tensor_split")
@@ -354,7 +428,7 @@ class LlamaEngine(Strict):
 
     kind: Literal["llama.cpp", "ik_llama.cpp"]
     version: str = "latest"
-    binary: str = "llama-server"
+    binary: Word = "llama-server"
     ctx: PosInt
     batch: PosInt = 2048
     ubatch: PosInt = 512
@@ -379,7 +453,7 @@ class LlamaEngine(Strict):
     grouped_expert_routing: bool = False
     """ik_llama.cpp's ``-ger``."""
     metrics: bool = True
-    cache_ram_mib: int | None = None
+    cache_ram_mib: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     """llama-server's prompt cache in RAM (``--cache-ram``); -1 is unlimited, 0 off."""
     sampling: Sampling = Sampling()
     placement: Literal["manual", "auto"] = "manual"
@@ -393,6 +467,8 @@ class LlamaEngine(Strict):
             raise ValueError("cpu_moe: set cpu_moe or n_cpu_moe, not both")
         if self.threads_batch is not None and self.threads is None:
             raise ValueError("threads_batch: set threads too")
+        if self.tensor_split and not any(self.tensor_split):
+            raise ValueError("tensor_split: every part is 0")
         if self.placement == "auto":
             chosen = [name for name in AUTO_PLACED if getattr(self, name) not in (None, False, ())]
             if chosen:
@@ -408,7 +484,7 @@ class VllmEngine(Strict):
 
     kind: Literal["vllm"]
     version: str = "latest"
-    binary: str = "vllm"
+    binary: Word = "vllm"
     max_model_len: PosInt
     max_num_seqs: PosInt = 256
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
@@ -419,8 +495,8 @@ class VllmEngine(Strict):
     """Default: vLLM's (on for generative models); false renders --no-enable-prefix-caching."""
     trust_remote_code: bool = False
     enable_auto_tool_choice: bool = False
-    tool_call_parser: str | None = None
-    served_model_name: str | None = None
+    tool_call_parser: Word | None = None
+    served_model_name: Word | None = None
     extra_args: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -437,23 +513,41 @@ class Publish(Strict):
     """Where the server is reached from the host."""
 
     host: str | None = None
-    """Default: orch's ``default_bind_host`` (127.0.0.1)."""
+    """The address it listens on (an IP address, or localhost). Default: orch's
+    ``default_bind_host`` (127.0.0.1). Anything but a loopback address is reachable from
+    other machines; ``orch plan`` says so."""
     port: Annotated[int, Field(ge=1, le=65535)]
+
+    @field_validator("host")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "localhost":
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address (e.g. 127.0.0.1, 0.0.0.0 for every "
+                "interface, ::1) or localhost"
+            ) from None
+        return value
 
 
 class PodmanRuntime(Strict):
     """Run the engine in a podman container."""
 
     kind: Literal["podman"]
-    image: str
+    image: Word
     container_port: Annotated[int, Field(ge=1, le=65535)] = 8080
     shm_size: str | None = None
-    cap_add: tuple[str, ...] = ()
-    devices: tuple[str, ...] = ()
+    cap_add: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_]+$")], ...] = ()
+    devices: tuple[Word, ...] = ()
     volumes: tuple[str, ...] = ()
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     init: bool = True
     network: str | None = None
+    """Default: podman's. ``host`` shares the host's network: the engine then listens on
+    ``publish.host`` itself. Namespaces of other containers are refused."""
     hf_home: str = "/root/.cache/huggingface"
     """vLLM: the container's HF_HOME; the host's Hugging Face hub cache is mounted at its
     ``hub`` folder (vllm/vllm-openai reads ``/root/.cache/huggingface``)."""
@@ -465,6 +559,25 @@ class PodmanRuntime(Strict):
         if not re.fullmatch(r"/[^:,\s]*", value):
             raise ValueError(f"{value!r} is not an absolute container path")
         return value.rstrip("/") or "/"
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*", value):
+            raise ValueError(f"{value!r} is not an image reference (like localhost/name:tag)")
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value == "none":
+            raise ValueError("'none': nothing could reach the server (health checks included)")
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError(
+                f"{value!r} is not a network name (e.g. host, bridge, pasta, slirp4netns or a "
+                "podman network); joining another namespace (container:, ns:) is refused"
+            )
+        return value
 
     @field_validator("shm_size")
     @classmethod
@@ -486,7 +599,7 @@ class ProcessRuntime(Strict):
     """Run the engine as a plain child process."""
 
     kind: Literal["process"]
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
 
 
 Runtime = Annotated[PodmanRuntime | ProcessRuntime, Field(discriminator="kind")]
@@ -497,22 +610,22 @@ class Numactl(Strict):
 
     cpunodebind: tuple[NonNegInt, ...] = ()
     membind: tuple[NonNegInt, ...] = ()
-    physcpubind: str | None = None
+    physcpubind: Annotated[str, Field(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")] | None = None
     interleave: tuple[NonNegInt, ...] = ()
 
 
 class Health(Strict):
     """Readiness polling."""
 
-    path: str = "/health"
-    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    path: Annotated[str, Field(pattern=r"^/[!-~]*$")] = "/health"
+    timeout_s: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
     """Default: derived from the model size."""
 
 
 class Warmup(Strict):
     """Requests sent after ready, so the caches are warm before `orch up` returns."""
 
-    requests: NonNegInt = 3
+    requests: Annotated[int, Field(ge=0, le=1000)] = 3
     system_prompt: str = (
         "You are a concise assistant. Answer in one short paragraph unless asked otherwise."
     )
@@ -523,8 +636,21 @@ class Warmup(Strict):
 class Secrets(Strict):
     """Where the API key comes from: an environment variable or a file, never the profile."""
 
-    api_key_env: str | None = None
-    api_key_file: str | None = None
+    api_key_env: EnvName | None = None
+    api_key_file: Word | None = None
+    pass_env: tuple[EnvName, ...] = ()
+    """Other secret variables (``HF_TOKEN``...) the engine gets from orch's environment, by
+    name: ``podman run -e NAME``; a process inherits them. Their values are never written."""
+
+    @field_validator("api_key_env", "api_key_file", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == "":
+            raise ValueError(
+                "empty, which is not 'no authentication': name the key's source, or remove "
+                "the key to run without authentication"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> Secrets:
@@ -546,11 +672,23 @@ class ModelProfile(Strict):
     numactl: Numactl | None = None
     needs_whole_gpu: bool = False
     gpus: tuple[NonNegInt, ...] | Literal["any"] | None = None
-    """GPU indices this profile may use (default: all the hardware has). ``"any"``: one GPU,
-    whichever has room when it starts (``orch up``: the first whose budget fits)."""
+    """GPU indices this profile may use (default: all the hardware has); ``[]``: none.
+    ``"any"``: one GPU, whichever has room when it starts (``orch up``: the first whose budget
+    fits)."""
     health: Health = Health()
     warmup: Warmup = Warmup()
     secrets: Secrets = Secrets()
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct(
+        cls, value: tuple[int, ...] | Literal["any"] | None
+    ) -> tuple[int, ...] | Literal["any"] | None:
+        indices = value if isinstance(value, tuple) else ()
+        for index in set(indices):
+            if indices.count(index) > 1:
+                raise ValueError(f"GPU {index} is listed twice")
+        return value
 
     @model_validator(mode="after")
     def _model_source(self) -> ModelProfile:

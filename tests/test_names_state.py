@@ -60,6 +60,7 @@ COMMANDS = [
     ("plan --hardware", ["plan", "--dry-run", "demo", "--hardware", "{}"]),
     ("detect --name", ["detect", "--write", "--name", "{}"]),
     ("estimate --hardware", ["estimate", "/VICTIM/file.log", "--hardware", "{}"]),
+    ("calibrate", ["calibrate", "{}", "--dry-run"]),
 ]
 
 
@@ -99,6 +100,7 @@ def test_bad_name_is_refused_before_any_disk_access(
     out, err = capsys.readouterr()
     assert code == 2, out + err
     what = "--hardware" if "--hardware" in argv else "--name" if "--name" in argv else "NAME"
+    what = "HARDWARE" if argv[0] == "calibrate" else what
     assert err.startswith(f"orch: error: orch {argv[0]}: {what}: "), err
     assert "is not a valid profile name: 1-64 characters from a-z 0-9 . _ -" in err
     assert PROFILE_NAME in err
@@ -127,7 +129,7 @@ def test_every_name_command_is_covered() -> None:
         for cmd, sub in commands.items()
         if any(a.dest in ("name", "names") for a in sub._actions)
     }
-    assert takes_name == {c[1][0] for c in COMMANDS} - {"estimate"}, takes_name
+    assert takes_name == {c[1][0] for c in COMMANDS} - {"estimate", "calibrate"}, takes_name
 
 
 def test_state_paths_are_built_in_one_place(tmp_path: Path) -> None:
@@ -135,6 +137,7 @@ def test_state_paths_are_built_in_one_place(tmp_path: Path) -> None:
     assert store.record_path("demo") == tmp_path / "run" / "demo.json"
     assert store.lock_path("demo") == tmp_path / "run" / "demo.lock"
     assert store.log_path("demo") == tmp_path / "logs" / "demo.log"
+    assert store.bench_folder("demo") == tmp_path / "bench" / "demo"
     assert store.cache_path("engine-flags", "sha256-ab") == (
         tmp_path / "cache" / "engine-flags" / "sha256-ab.json"
     )
@@ -143,6 +146,8 @@ def test_state_paths_are_built_in_one_place(tmp_path: Path) -> None:
             store.record_path(name)
         with pytest.raises(Exception, match="is not a valid profile name"):
             store.log_path(name)
+        with pytest.raises(Exception, match="is not a valid profile name"):
+            store.bench_folder(name)
     for key in ("../x", "a/b", ".x", ""):
         with pytest.raises(Exception, match="is not a cache key"):
             store.cache_path("engine-flags", key)

@@ -116,6 +116,8 @@ def check_names(args: argparse.Namespace) -> None:
         for name in [value] if isinstance(value, str) else value or []:
             if attr == "name" and args.command == "detect":
                 what = "--name"
+            if attr == "hardware" and args.command == "calibrate":
+                what = "HARDWARE"  # a positional there
             require_profile_name(name, where, what)
 
 

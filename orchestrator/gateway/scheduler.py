@@ -203,6 +203,32 @@ class Scheduler:
         self._rids[rid] = model
         return None
 
+    def grant_now(self, model: str, rid: int, now: float) -> Grant | None:
+        """A slot at once, when the instance is ready with one free and nothing queued.
+
+        The hot path: the same grant :meth:`step` would make, without a whole step.
+        """
+        run = self.models[model]
+        if (
+            self.closing
+            or run.state != "ready"
+            or run.draining
+            or run.unload
+            or run.queue
+            or run.inflight >= max(run.spec.slots, 1)
+        ):
+            return None
+        run.inflight += 1
+        run.last_used = now
+        return Grant(rid, model, run.generation)
+
+    def pending(self) -> bool:
+        """Whether a step could do more than stop idle instances (which the ticker does)."""
+        return any(
+            r.queue or r.unload or r.draining or (r.state == "stopped" and r.demand)
+            for r in self.models.values()
+        )
+
     def cancel(self, rid: int) -> None:
         """Forget a queued request (its client went away or gave up)."""
         model = self._rids.pop(rid, None)
@@ -297,6 +323,14 @@ class Scheduler:
             if resident is not None:
                 out.append(resident)
         return out
+
+    def deciding_loads(self) -> bool:
+        """Whether a stopped model wants to run, so that :meth:`step` needs the free memory.
+
+        Reading it costs a /proc read (and NVML calls on a GPU machine): callers skip it on
+        the hot path of a request for a model that already runs.
+        """
+        return any(r.state == "stopped" and r.demand for r in self.models.values())
 
     def step(self, now: float, free: Mapping[str, int | None]) -> list[Action]:
         """Everything to do now, given the time and the live free memory per device."""

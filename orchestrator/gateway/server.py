@@ -168,6 +168,10 @@ class Proxy:
 
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+UPSTREAM_KEEPALIVE_S = 4.0
+"""Idle engine connections are reused for this long only. llama-server (cpp-httplib) and
+vLLM (uvicorn) close theirs after 5 s idle; reusing one as the engine closes it would fail
+a request that never reached the engine."""
 
 
 async def _send_response(send: Send, response: Response) -> None:
@@ -177,18 +181,41 @@ async def _send_response(send: Send, response: Response) -> None:
     await response({"type": "http"}, no_receive, send)
 
 
+class Front:
+    """Proxied requests go straight to the proxy; everything else to Starlette.
+
+    The proxied routes are the hot path: Starlette's router and its two exception
+    middlewares cost about as much per request as the rest of the proxying in Python.
+    """
+
+    def __init__(self, proxy: Proxy, app: Starlette) -> None:
+        """Dispatch to ``proxy`` or ``app``."""
+        self.proxy = proxy
+        self.app = app
+        self.proxied = frozenset(PROXIED)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One ASGI call."""
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.proxied:
+            await self.proxy(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def build_app(
     pool: Pool,
     *,
     on_startup: Callable[[], Awaitable[None]],
     on_shutdown: Callable[[], Awaitable[None]],
-) -> Starlette:
+) -> Front:
     """The gateway's ASGI application."""
     holder: dict[str, aiohttp.ClientSession] = {}
 
     def session() -> aiohttp.ClientSession:
         if "s" not in holder:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False)
+            connector = aiohttp.TCPConnector(
+                limit=0, ttl_dns_cache=None, keepalive_timeout=UPSTREAM_KEEPALIVE_S
+            )
             holder["s"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return holder["s"]
 
@@ -271,7 +298,7 @@ def build_app(
         Route("/v1/models", models),
         *[Route(path, proxy, methods=["POST"]) for path in PROXIED],
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Front(proxy, Starlette(routes=routes, lifespan=lifespan))
 
 
 def _size(n: int | None) -> str:

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from orchestrator import instances
 from orchestrator.app import App
@@ -201,7 +202,10 @@ def serve(
             await task
 
         try:
-            asyncio.run(main())
+            # uvicorn picks its loop only in Server.run(); serving from our own coroutine
+            # means choosing it here, or the stdlib selector loop runs every request
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
         finally:
             info.unlink(missing_ok=True)
         if failure:

@@ -14,6 +14,7 @@ from orchestrator.gateway.admission import (
     Room,
     Wait,
     decide,
+    place,
 )
 from orchestrator.gateway.scheduler import Action, Fail, Grant, Load, ModelSpec, Scheduler, Stop
 
@@ -301,3 +302,47 @@ def test_loading_instances_count_against_live_free_memory() -> None:
     s.submit("b", 2, 0)
     actions = s.step(0, {"CPU": 6 * G})
     assert [type(a).__name__ for a in actions] == ["Load"]  # b must wait for a's memory
+
+
+def test_grant_now_is_the_grant_a_step_would_make() -> None:
+    s = Scheduler([spec("a", 1, slots=2), spec("b", 1)], {"CPU": 10 * G})
+    assert s.grant_now("a", 1, 0) is None  # stopped: it must load first
+    assert s.deciding_loads() is False  # nobody asked for anything yet
+    s.submit("a", 1, 0)
+    assert s.deciding_loads() is True and s.pending() is True
+    load = one(Load, s.step(0, FREE))
+    assert s.deciding_loads() is False  # loading, not waiting to be admitted
+    s.loaded("a", load.generation, 0)
+    one(Grant, s.step(0, FREE))
+    assert s.grant_now("a", 2, 1) == Grant(2, "a", load.generation)  # the second slot
+    assert s.grant_now("a", 3, 1) is None  # both slots busy
+    s.submit("a", 3, 1)
+    s.release("a", load.generation, 2)
+    assert s.pending() is True  # request 3 waits: a step must grant it
+    assert s.grant_now("a", 4, 2) is None  # FIFO: not ahead of request 3
+    assert s.step(2, FREE) == [Grant(3, "a", load.generation)]
+    s.release("a", load.generation, 3)
+    s.release("a", load.generation, 3)
+    assert s.pending() is False  # nothing waits: releases need no step
+    s.models["a"].draining = True
+    assert s.grant_now("a", 5, 4) is None  # making room for another model
+    s.models["a"].draining = False
+    s.close()
+    assert s.grant_now("a", 6, 5) is None  # shutting down
+
+
+def test_place_prefers_live_free_memory_over_an_empty_budget() -> None:
+    # both budgets are empty, but something orch did not start uses most of GPU 0
+    free = Room(TWO_GPUS.capacity, {"CUDA0": 20 * G, "CUDA1": 90 * G, "CPU": 100 * G})
+    assert place(gpu_candidates(30), [], free) == gpu_candidates(30)[1]
+    # without live figures (--skip-memory-check), the budgets decide: a tie, the lowest GPU
+    assert place(gpu_candidates(30), [], TWO_GPUS) == gpu_candidates(30)[0]
+    # the one with more room left wins even when both fit
+    tight = Room(TWO_GPUS.capacity, {"CUDA0": 50 * G, "CUDA1": 40 * G, "CPU": 100 * G})
+    assert place(gpu_candidates(30), [], tight) == gpu_candidates(30)[0]
+    # fits nowhere: None, and decide says why it waits
+    full = Room(TWO_GPUS.capacity, {"CUDA0": 10 * G, "CUDA1": 10 * G, "CPU": 100 * G})
+    assert place(gpu_candidates(30), [], full) is None
+    assert decide(gpu_candidates(30), [], full) == Wait(
+        "waiting for room: held by live free memory", ()
+    )

@@ -480,3 +480,58 @@ def test_any_gpu_placement_goes_where_there_is_room(orch_env: OrchEnv) -> None:
     assert code == 0, out + err
     assert orch_env.record("holder") is not None  # orch up's instance is left alone
     assert orch_env.run("down", "holder").returncode == 0
+
+
+NVML = Path(__file__).resolve().parent / "fakes" / "nvml"
+
+
+def _fake_gpus(orch: OrchEnv, free_mib: tuple[int, int]) -> None:
+    """Two 96 GB GPUs seen through the fake NVML, with ``free_mib`` free on each."""
+    path = orch.root / "gpus.json"
+    gpus = [
+        {"name": "NVIDIA RTX PRO 6000", "total_mib": 97887, "free_mib": free, "processes": []}
+        for free in free_mib
+    ]
+    path.write_text(json.dumps(gpus))
+    orch.env["FAKE_NVML_GPUS"] = str(path)
+    orch.env["PYTHONPATH"] = str(NVML)
+
+
+def _visible_devices(pid: int) -> str | None:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(i.decode().split("=", 1) for i in raw if b"=" in i).get("CUDA_VISIBLE_DEVICES")
+
+
+@pytest.mark.parametrize(("free_mib", "gpu"), [((20000, 95000), 1), ((95000, 20000), 0)])
+def test_any_gpu_up_and_serve_place_by_live_free_memory(
+    orch_env: OrchEnv, free_mib: tuple[int, int], gpu: int
+) -> None:
+    """Both budgets fit; something orch did not start holds most of one GPU (fake NVML)."""
+    from tests.test_lifecycle_process import _vllm_profile
+
+    _fake_gpus(orch_env, free_mib)
+    text = 'gpus = "any"\n' + _vllm_profile(free_port(), served="any-served").replace(
+        'hardware = "epyc9175f-rtxpro6000"', 'hardware = "epyc9175f-2x-rtxpro6000"'
+    )
+    orch_env.write_profile("anyg", text)
+
+    up = orch_env.run("up", "anyg")  # the free memory check is on
+    assert up.returncode == 0, up.stdout + up.stderr
+    record = orch_env.record("anyg")
+    assert record is not None and record["gpus"] == [gpu]
+    assert _visible_devices(int(str(record["pid"]))) == str(gpu)
+    again = orch_env.run("up", "anyg")  # it keeps its GPU, and is found running
+    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+    assert orch_env.run("down", "anyg").returncode == 0
+
+    gw = _start(orch_env, ["anyg"], {})
+    try:
+        status, body = gw.chat("anyg")
+        assert status == 200, body
+        model = next(m for m in gw.status()["models"] if m["name"] == "anyg")
+        assert model["placement"] == f"CUDA{gpu}"
+        served = orch_env.record("anyg")
+        assert served is not None and _visible_devices(int(str(served["pid"]))) == str(gpu)
+    finally:
+        code, out, err = gw.stop()
+    assert code == 0, out + err

@@ -246,9 +246,6 @@ def cmd_up(args: argparse.Namespace, app: App, console: Console) -> int:
     """Start one profile and wait until it is ready and warm."""
     name: str = args.name
     store = _store(app)
-    resolved = app.resolve(name)
-    plan = app.plan_for(resolved, read_header=True)
-    require_fit(plan)
     notifier = Notifier.from_env()
     view = UpView(console, notifier)
     options = UpOptions(
@@ -262,6 +259,10 @@ def cmd_up(args: argparse.Namespace, app: App, console: Console) -> int:
     with contextlib.ExitStack() as stack:
         runtimes = instances.Runtimes(app.settings, stack)
         life = Lifecycle(app, store, runtimes, view.event)
+        # gpus = "any": the GPU where it fits now, by the rule orch serve uses
+        placed = life.place(app.resolve(name), check_memory=options.check_memory)
+        plan, resolved = placed.plan, placed.resolved
+        require_fit(plan)
         with _sigterm_raises():
             try:
                 started = life.up(plan, resolved, options)

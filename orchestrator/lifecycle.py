@@ -79,6 +79,9 @@ class UpOptions:
         shield: Entered while a failed start is cleaned up, so that a second signal cannot
             interrupt the cleanup (the CLI ignores SIGTERM there).
         progress_interval_s: Seconds between load-progress samples.
+        cancelled: Polled while the engine loads and before warm-up; once it returns
+            True the start is abandoned (what was started is stopped) with a
+            LaunchError. The gateway sets it on SIGTERM, since a load can take minutes.
     """
 
     replace: bool = False
@@ -89,6 +92,7 @@ class UpOptions:
     gateway_pid: int | None = None
     shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     progress_interval_s: float = 0.5
+    cancelled: Callable[[], bool] = field(default=lambda: False)
 
 
 @dataclass(frozen=True)
@@ -437,6 +441,7 @@ class Lifecycle:
             self._emit(name, "started", f"started {handle.describe()}, waiting for {plan.endpoint}")
             ready_s = self._wait_ready(plan, handle, options, key)
             self._emit(name, "ready", f"ready in {ready_s:.2f} s", seconds=ready_s)
+            _check_cancelled(name, options)
             stats: list[warmup.RequestStats] = []
             if options.warmup and plan.profile.warmup.requests:
                 self._emit(name, "warming", "warming up")
@@ -469,6 +474,7 @@ class Lifecycle:
 
         def on_poll(elapsed: float, status: int | None) -> None:
             nonlocal last_sample
+            _check_cancelled(name, options)
             now = time.monotonic()
             if now - last_sample < options.progress_interval_s:
                 return
@@ -564,6 +570,11 @@ class Lifecycle:
             row["figures"] = instances.live_figures(record.endpoint, key)
             row["rss_bytes"] = instances.memory_in_use(handle.pids()).rss_bytes
         return row
+
+
+def _check_cancelled(name: str, options: UpOptions) -> None:
+    if options.cancelled():
+        raise LaunchError(f"{name}: start cancelled")
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,29 @@ def _profile(
     return port
 
 
+def _slow_profile(
+    orch: OrchEnv,
+    name: str,
+    binary: Path,
+    model: Path,
+    throttle_so: Path,
+    *,
+    read_bps: int,
+    hardware: str = "tiny-ram",
+) -> int:
+    """A profile whose engine reads its weights at ``read_bps`` (tests/throttle), no mmap."""
+    port = _profile(orch, name, binary, model, hardware=hardware)
+    text = (orch.profiles / "models" / f"{name}.toml").read_text()
+    text = text.replace("cache_ram_mib = 0\n", 'cache_ram_mib = 0\nload_mode = "no-mmap"\n')
+    text = text.replace(
+        'kind = "process"\n',
+        f'kind = "process"\nenv = {{ LD_PRELOAD = "{throttle_so}", '
+        f'ORCH_TEST_READ_BPS = "{read_bps}" }}\n',
+    )
+    orch.write_profile(name, text)
+    return port
+
+
 def _start(orch: OrchEnv, names: list[str], ports: dict[str, int], *args: str) -> Gateway:
     port = free_port()
     proc = orch.popen("serve", *names, "--port", str(port), *args)

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import itertools
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from orchestrator.lifecycle import (
     Placement,
     UpOptions,
     capacity_of,
+    comparable_memory,
     need_of,
     placements,
     resident_of,
@@ -150,6 +152,8 @@ class Pool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._last_liveness = 0.0
+        self._closing = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: Counter[tuple[str, int]] = Counter()
         self.loads: Counter[str] = Counter()
         self.load_seconds: dict[str, float] = {}
@@ -184,6 +188,7 @@ class Pool:
 
     async def start(self) -> None:
         """Adopt or clean up what a killed gateway left, note ``orch up``'s, start ticking."""
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._adopt_or_clean)
         self.scheduler.externals = await asyncio.to_thread(self._externals)
         self._last_liveness = time.monotonic()
@@ -222,8 +227,24 @@ class Pool:
         candidate = Placement(key, plan, served.resolved[key]).candidate
         self.scheduler.adopt(served.name, candidate, "gateway" if owner == "gateway" else "up", now)
 
+    @property
+    def draining(self) -> bool:
+        """Whether SIGTERM has arrived."""
+        return self._closing.is_set()
+
+    def request_drain(self) -> None:
+        """From a signal handler: abandon loads now, and drain at the loop's next turn.
+
+        A Python signal handler runs between any two bytecodes of the loop's thread, in
+        the middle of a scheduler step maybe; the queues are touched only from the loop.
+        """
+        self._closing.set()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.begin_drain)
+
     def begin_drain(self) -> None:
-        """SIGTERM: take no more loads; requests that would need one fail."""
+        """SIGTERM: take no more loads, abandon those under way; requests needing one fail."""
+        self._closing.set()
         self._resolve(self.scheduler.close())
 
     async def shutdown(self) -> None:
@@ -432,7 +453,10 @@ class Pool:
         existing = self.store.load(load.model)
         replace = existing is not None and existing.plan_hash != plan.plan_hash
         options = UpOptions(
-            replace=replace, gateway_pid=os.getpid(), check_memory=self.check_memory
+            replace=replace,
+            gateway_pid=os.getpid(),
+            check_memory=self.check_memory,
+            cancelled=self._closing.is_set,
         )
         start = time.monotonic()
         try:
@@ -499,6 +523,16 @@ class Pool:
                 used = instances.memory_in_use(served.handle.pids())
                 in_use["CPU"] = used.rss_bytes
                 in_use.update({f"CUDA{i}": n for i, n in used.gpu_bytes.items()})
+            gpus = {int(d.removeprefix("CUDA")): 0 for d in plan.memory.devices if d != "CPU"}
+            gpus.update({int(d.removeprefix("CUDA")): n for d, n in in_use.items() if d != "CPU"})
+            memory = {
+                row.device: {
+                    "in_use": in_use.get(row.device),
+                    "planned_now": row.planned_now,
+                    "later": dict(row.later),
+                }
+                for row in comparable_memory(plan.memory, in_use.get("CPU", 0), gpus)
+            }
             models.append(
                 {
                     "name": name,
@@ -515,6 +549,7 @@ class Pool:
                     "endpoint": served.plan.endpoint if served.plan else None,
                     "memory_planned": need_of(plan),
                     "memory_in_use": in_use,
+                    "memory": memory,
                     "progress": served.progress.to_json() if served.progress else None,
                     "phase": served.phase,
                     "last_tok_s": served.last_tps,

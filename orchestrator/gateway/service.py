@@ -176,10 +176,7 @@ def serve(
             timeout_keep_alive=30,
         )
 
-        def draining() -> None:
-            pool.begin_drain()
-
-        server = _Server(config, draining)
+        server = _Server(config, pool.request_drain)
 
         async def main() -> None:
             task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -156,11 +156,16 @@ def _sigterm_ignored() -> Iterator[None]:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def _amount(n: int) -> str:
+    """Like ``_size``, with KiB below 1 MiB: a slow disk reads KiB/s, not "0 MiB/s"."""
+    return f"{n / 1024:.0f} KiB" if 0 < n < MIB else _size(n)
+
+
 def progress_text(p: LoadProgress) -> str:
     """``1.20/3.00 GiB (40%), 250 MiB/s, ETA 7 s``."""
-    text = f"{_size(p.loaded_bytes)}/{_size(p.total_bytes)} ({p.fraction * 100:.0f}%)"
+    text = f"{_amount(p.loaded_bytes)}/{_amount(p.total_bytes)} ({p.fraction * 100:.0f}%)"
     if p.rate_bytes_s:
-        text += f", {_size(int(p.rate_bytes_s))}/s"
+        text += f", {_amount(int(p.rate_bytes_s))}/s"
     if p.eta_s is not None and p.fraction < 1:
         text += f", ETA {_uptime(p.eta_s) if p.eta_s >= 60 else f'{p.eta_s:.0f} s'}"
     return text

@@ -44,7 +44,9 @@ class Gateway:
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            payload = json.dumps(body).encode() if body is not None else None
+            payload = body if isinstance(body, bytes) else None
+            if body is not None and payload is None:
+                payload = json.dumps(body).encode()
             conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read()
@@ -412,28 +414,48 @@ def test_aliases_idle_ttl_and_load_unload(
         gw.stop()
 
 
-def test_over_budget_and_failed_start_errors(
-    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
+def test_error_codes(
+    orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path, throttle_so: Path
 ) -> None:
+    """Each failure a client can meet, with its HTTP code and OpenAI error code (README)."""
     (orch_env.profiles / "hardware" / "tiny-ram.toml").write_text(TINY_RAM)
     ports = {
         "huge": _profile(orch_env, "huge", llama_server_binary, tiny_gguf, ctx=65536),
         "bad": _profile(orch_env, "bad", llama_server_binary, tiny_gguf),
+        "nofile": _profile(orch_env, "nofile", llama_server_binary, orch_env.root / "gone.gguf"),
+        "slow": _slow_profile(
+            orch_env, "slow", llama_server_binary, tiny_gguf, throttle_so, read_bps=50_000
+        ),
     }
     text = (orch_env.profiles / "models" / "bad.toml").read_text()
     orch_env.write_profile(
         "bad", text.replace("extra_args = []", 'extra_args = ["--rope-scaling", "bogus"]')
     )
-    gw = _start(orch_env, ["huge", "bad"], ports)
+    slow = (orch_env.profiles / "models" / "slow.toml").read_text()
+    orch_env.write_profile("slow", slow + "\n[health]\ntimeout_s = 2\n")
+    gw = _start(orch_env, list(ports), ports)
+    cases = [
+        ("huge", 507, "model_does_not_fit", "does not fit tiny-ram"),
+        ("bad", 502, "engine_failed", "invalid value"),
+        ("slow", 504, "engine_timeout", "not ready after 2 s"),
+        ("nofile", 503, "cannot_start_here", "model file missing"),
+        ("nope", 404, "model_not_found", "'nope' does not exist here"),
+    ]
     try:
-        status, body = gw.chat("huge")
-        assert status == 507, body
-        assert body["error"]["code"] == "model_does_not_fit"
-        assert "does not fit tiny-ram" in body["error"]["message"]
-        status, body = gw.chat("bad")
-        assert status == 502, body
-        assert body["error"]["code"] == "engine_failed"
-        assert "invalid value" in body["error"]["message"]
+        for model, code, error, text in cases:
+            status, headers, data = gw.request(
+                "POST",
+                "/v1/chat/completions",
+                {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            )
+            body = json.loads(data)
+            assert (status, body["error"]["code"]) == (code, error), (model, body)
+            assert text in body["error"]["message"], (model, body)
+            kind = "invalid_request_error" if code < 500 else "server_error"
+            assert body["error"]["type"] == kind
+        assert not _engines_on([ports["bad"], ports["slow"]])  # failed starts leave nothing
+        status, _, data = gw.request("POST", "/v1/chat/completions", b"{not json")
+        assert status == 400 and json.loads(data)["error"]["code"] == "invalid_json"
     finally:
         gw.stop()
 

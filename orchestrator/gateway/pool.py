@@ -20,7 +20,13 @@ from typing import Any
 from orchestrator import health, instances
 from orchestrator.app import App
 from orchestrator.engines import engine_caps
-from orchestrator.errors import BudgetError, LaunchError, OrchError, PreflightError
+from orchestrator.errors import (
+    BudgetError,
+    LaunchError,
+    OrchError,
+    PreflightError,
+    ReadyTimeout,
+)
 from orchestrator.gateway.admission import Resident
 from orchestrator.gateway.config import ServeSettings
 from orchestrator.gateway.scheduler import Fail, Grant, Load, ModelSpec, Scheduler, Stop
@@ -590,7 +596,9 @@ def _with_gateway(record: Record, pid: int) -> Record:
 
 
 def _load_error(exc: OrchError) -> tuple[int, str]:
-    """HTTP status and code for a load that failed."""
+    """HTTP status and code for a load that failed (the README's table says why each)."""
+    if isinstance(exc, ReadyTimeout):
+        return 504, "engine_timeout"
     if isinstance(exc, LaunchError):
         return 502, "engine_failed"
     if isinstance(exc, BudgetError):

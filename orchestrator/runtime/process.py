@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,7 +87,15 @@ class ProcessHandle:
 
     def exit_code(self) -> int | None:
         """The leader's exit status, known only for a child of this orch."""
-        return None if self.popen is None else self.popen.poll()
+        if self.popen is None:
+            return None
+        code = self.popen.poll()
+        if code is None and self._process() is None:
+            # /proc shows a multi-threaded leader as a zombie while its other threads still
+            # exit, and waitpid() reaps it only after them: wait that moment out
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.popen.wait(timeout=2.0)
+        return code
 
     def log_tail(self, lines: int) -> list[str]:
         """The last lines of the log file."""

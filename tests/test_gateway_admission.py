@@ -346,3 +346,36 @@ def test_place_prefers_live_free_memory_over_an_empty_budget() -> None:
     assert decide(gpu_candidates(30), [], full) == Wait(
         "waiting for room: held by live free memory", ()
     )
+
+
+def test_stops_under_way_count_as_room_coming_so_no_second_victim() -> None:
+    """Two fit; a third needs one stopped. While that stop runs, no other is stopped too."""
+    s = Scheduler([spec("hi", 4, priority=10), spec("lo", 4), spec("new", 4)], {"CPU": 10 * G})
+    for t, name in enumerate(("hi", "new"), start=1):
+        s.submit(name, t, t)
+        load = one(Load, s.step(t, FREE))
+        s.loaded(name, load.generation, t)
+        grant = one(Grant, s.step(t, FREE))
+        s.release(name, grant.generation, t)
+    s.submit("lo", 3, 3)
+    assert s.step(3, FREE) == [Stop("new", "evict")]  # priority first, though hi is older
+    assert s.step(3.1, FREE) == []  # new still stopping: its memory is coming, hi stays
+    assert s.step(3.2, FREE) == []
+    assert s.models["lo"].wait_reason == "waiting for new to stop"
+    s.stopped("new")
+    assert [type(a).__name__ for a in s.step(4, FREE)] == ["Load"]
+    assert s.models["hi"].state == "ready"
+
+
+def test_a_stop_under_way_that_is_not_enough_adds_only_what_is_missing() -> None:
+    s = Scheduler([spec("a", 3), spec("b", 3), spec("c", 3), spec("big", 7)], {"CPU": 10 * G})
+    for t, name in enumerate(("a", "b", "c"), start=1):
+        s.submit(name, t, t)
+        load = one(Load, s.step(t, FREE))
+        s.loaded(name, load.generation, t)
+        grant = one(Grant, s.step(t, FREE))
+        s.release(name, grant.generation, t)
+    s.models["a"].state = "stopping"  # say, its idle TTL ran out
+    s.submit("big", 9, 5)
+    assert s.step(5, FREE) == [Stop("b", "evict")]  # a's 3 GiB are coming: b's make 7
+    assert s.step(5.1, FREE) == []

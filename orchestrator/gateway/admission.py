@@ -150,7 +150,7 @@ def _victims_for(
             continue
         staying.remove(victim)
         chosen.append(victim)
-        adjusted = _freed(adjusted, victim)
+        adjusted = freed(adjusted, victim)
     if not _fits(candidate, staying, adjusted):
         return None
     # drop victims that turned out not to be needed (a later one freed enough)
@@ -158,13 +158,13 @@ def _victims_for(
         trial = [v for v in chosen if v is not victim]
         room_trial = room
         for v in trial:
-            room_trial = _freed(room_trial, v)
+            room_trial = freed(room_trial, v)
         if _fits(candidate, [r for r in residents if r not in trial], room_trial):
             chosen = trial
     return tuple(v.name for v in chosen)
 
 
-def _freed(room: Room, victim: Resident) -> Room:
+def freed(room: Room, victim: Resident) -> Room:
     """The room once ``victim`` has stopped: its plan's bytes count as free again."""
     free = dict(room.free)
     for device, n in victim.need.items():

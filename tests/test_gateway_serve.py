@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,7 +340,8 @@ def test_queue_full_is_429_with_retry_after(
     orch_env: OrchEnv, llama_server_binary: Path, tiny_gguf: Path
 ) -> None:
     (orch_env.profiles / "hardware" / "tiny-ram.toml").write_text(TINY_RAM)
-    ports = {"a": _profile(orch_env, "a", llama_server_binary, tiny_gguf)}
+    # 4K ctx: room for the 2,000 tokens each request generates (about a second here)
+    ports = {"a": _profile(orch_env, "a", llama_server_binary, tiny_gguf, ctx=4096)}
     config = orch_env.root / "orch.toml"
     config.write_text("[serve]\nqueue_limit = 1\nretry_after_s = 3\n")
     orch_env.env["ORCH_CONFIG"] = str(config)
@@ -362,10 +363,23 @@ def test_queue_full_is_429_with_retry_after(
             )
             results.append((code, headers))
 
+        def model_a() -> dict[str, Any]:
+            return next(m for m in gw.status()["models"] if m["name"] == "a")
+
+        def wait_until(ready: Callable[[dict[str, Any]], bool]) -> None:
+            deadline = time.monotonic() + 60
+            while not ready(model_a()):
+                assert time.monotonic() < deadline, gw.status()
+                time.sleep(0.01)
+
+        # the next request goes only once the one before runs (then waits): with a fixed pause
+        # and 512 ctx, the first finished before the third arrived on an idle machine
         threads = [threading.Thread(target=one) for _ in range(3)]
-        for t in threads:
-            t.start()
-            time.sleep(0.15)
+        threads[0].start()
+        wait_until(lambda m: m["in_flight"] == 1)
+        threads[1].start()
+        wait_until(lambda m: m["queued"] == 1)
+        threads[2].start()
         for t in threads:
             t.join(timeout=120)
         codes = sorted(c for c, _ in results)

@@ -444,9 +444,7 @@ class Scheduler:
 
         ``room`` already counts the memory of the instances that are stopping as free.
         """
-        residents = [
-            r for r in self.residents(draining_allowed=True) if not self._stopping(r.name)
-        ]
+        residents = [r for r in self.residents(draining_allowed=True) if not self._stopping(r.name)]
         decision = decide(run.spec.candidates, residents, room)
         out: list[Action] = []
         if isinstance(decision, Admit):

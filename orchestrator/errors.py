@@ -44,6 +44,10 @@ class LaunchError(OrchError):
     exit_code = 5
 
 
+class ReadyTimeout(LaunchError):
+    """The engine still ran but was not ready within its load timeout."""
+
+
 class NotRunningError(OrchError):
     """A command needed a running instance and there is none."""
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import LaunchError
+from orchestrator.errors import LaunchError, ReadyTimeout
 
 FIRST_DELAY_S = 0.02
 MAX_DELAY_S = 0.5
@@ -265,7 +265,7 @@ def wait_ready(
             )
         if elapsed >= deadline_s:
             seen = "no answer" if last is None else f"HTTP {last}"
-            raise LaunchError(
+            raise ReadyTimeout(
                 explain(
                     f"not ready after {deadline_s:g} s (last {path}: {seen}); raise "
                     "health.timeout_s or pass --timeout if the model just loads slowly",

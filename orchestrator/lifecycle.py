@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 import psutil
 
-from orchestrator import health, instances, progress, warmup
-from orchestrator.app import App
+from orchestrator import health, instances, probe, progress, warmup
+from orchestrator.app import App, gpu_choices
 from orchestrator.engines import adapter_for
 from orchestrator.errors import LaunchError, PreflightError
+from orchestrator.gateway.admission import Candidate, Resident, Room, place
 from orchestrator.memory.breakdown import DeviceMemory, MemoryEstimate
 from orchestrator.plan import Plan
 from orchestrator.probe import port_in_use
@@ -79,6 +80,9 @@ class UpOptions:
         shield: Entered while a failed start is cleaned up, so that a second signal cannot
             interrupt the cleanup (the CLI ignores SIGTERM there).
         progress_interval_s: Seconds between load-progress samples.
+        cancelled: Polled while the engine loads and before warm-up; once it returns
+            True the start is abandoned (what was started is stopped) with a
+            LaunchError. The gateway sets it on SIGTERM, since a load can take minutes.
     """
 
     replace: bool = False
@@ -89,6 +93,7 @@ class UpOptions:
     gateway_pid: int | None = None
     shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     progress_interval_s: float = 0.5
+    cancelled: Callable[[], bool] = field(default=lambda: False)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,60 @@ def comparable_memory(
         # everything on a GPU is allocated at load: the whole plan compares
         out.append(Comparable(f"CUDA{index}", nbytes, dev.total if dev else 0))
     return out
+
+
+# ---------------------------------------------------------------- placement
+
+
+def need_of(plan: Plan) -> dict[str, int]:
+    """Bytes per device the plan takes."""
+    return {device: m.total for device, m in plan.memory.devices.items()}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One way to start a profile: a ``gpus = "any"`` one on one GPU, else as it is."""
+
+    key: str
+    """``CUDAn`` for one GPU of a ``gpus = "any"`` profile; empty otherwise."""
+    plan: Plan
+    resolved: ResolvedProfile
+
+    @property
+    def candidate(self) -> Candidate:
+        """This placement as admission sees it."""
+        return Candidate(self.key, need_of(self.plan), whole_gpu=self.plan.profile.needs_whole_gpu)
+
+
+def placements(app: App, resolved: ResolvedProfile, *, read_header: bool = True) -> list[Placement]:
+    """Every way to start ``resolved``: one per GPU for ``gpus = "any"``, else one."""
+    choices = gpu_choices(resolved)
+    out = []
+    for choice in choices:
+        plan = app.plan_for(choice, read_header=read_header)
+        gpus = ",".join(f"CUDA{g}" for g in instances.gpu_indices(plan))
+        out.append(Placement(gpus if len(choices) > 1 else "", plan, choice))
+    return out
+
+
+def capacity_of(plans: Iterable[Plan]) -> dict[str, int]:
+    """Budget bytes per device (the smallest where plans disagree)."""
+    capacity: dict[str, int] = {}
+    for plan in plans:
+        for b in plan.budget:
+            capacity[b.device] = min(capacity.get(b.device, b.capacity), b.capacity)
+    return capacity
+
+
+def resident_of(record: Record, why_kept: str) -> Resident:
+    """A running instance's planned memory, as admission sees it (never stopped)."""
+    return Resident(
+        record.name,
+        dict(record.predicted_bytes),
+        evictable=False,
+        whole_gpu=record.needs_whole_gpu,
+        why_kept=why_kept,
+    )
 
 
 # ---------------------------------------------------------------- bookkeeping
@@ -307,6 +366,34 @@ class Lifecycle:
     def _emit(self, name: str, kind: EventKind, message: str, **extra: Any) -> None:
         self.events(Event(name, kind, message, **extra))
 
+    def place(self, resolved: ResolvedProfile, *, check_memory: bool = True) -> Placement:
+        """Where ``orch up`` starts a profile, by the gateway's rule (``admission.place``).
+
+        A ``gpus = "any"`` profile goes to a GPU where it fits beside the running instances
+        (their plans), within the budgets and the memory free now (unless ``check_memory``
+        is off), the one left with the most room. An instance of it that runs keeps its
+        GPU. Where it fits nowhere, the first placement within the budgets is returned, so
+        that the preflight check says what is missing.
+        """
+        options = placements(self.app, resolved)
+        if len(options) == 1:
+            return options[0]
+        existing = self.store.load(resolved.name)
+        if existing is not None and self.runtimes.attach(existing).alive():
+            same = [o for o in options if o.plan.plan_hash == existing.plan_hash]
+            if same:
+                return same[0]
+        fitting = [o for o in options if o.plan.fits] or options
+        others = [
+            resident_of(record, "running")
+            for record in self.store.all()
+            if record.name != resolved.name and self.runtimes.attach(record).alive()
+        ]
+        capacity = capacity_of(o.plan for o in fitting)
+        free = probe.free_memory(capacity) if check_memory else {}
+        chosen = place([o.candidate for o in fitting], others, Room(capacity, free))
+        return next((o for o in fitting if chosen is not None and o.key == chosen.key), fitting[0])
+
     def up(self, plan: Plan, resolved: ResolvedProfile, options: UpOptions) -> Started:
         """Start ``plan`` and wait until it is ready and warm.
 
@@ -390,6 +477,7 @@ class Lifecycle:
             self._emit(name, "started", f"started {handle.describe()}, waiting for {plan.endpoint}")
             ready_s = self._wait_ready(plan, handle, options, key)
             self._emit(name, "ready", f"ready in {ready_s:.2f} s", seconds=ready_s)
+            _check_cancelled(name, options)
             stats: list[warmup.RequestStats] = []
             if options.warmup and plan.profile.warmup.requests:
                 self._emit(name, "warming", "warming up")
@@ -421,6 +509,7 @@ class Lifecycle:
 
         def on_poll(elapsed: float, status: int | None) -> None:
             nonlocal last_sample
+            _check_cancelled(name, options)
             now = time.monotonic()
             if now - last_sample < options.progress_interval_s:
                 return
@@ -537,6 +626,11 @@ class Lifecycle:
             row["figures"] = instances.live_figures(record.endpoint, key)
             row["rss_bytes"] = instances.memory_in_use(handle.pids()).rss_bytes
         return row
+
+
+def _check_cancelled(name: str, options: UpOptions) -> None:
+    if options.cancelled():
+        raise LaunchError(f"{name}: start cancelled")
 
 
 @dataclass(frozen=True)

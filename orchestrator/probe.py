@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,25 @@ def probe_host() -> HostState:
     mem = psutil.virtual_memory()
     gpus, note = probe_gpus()
     return HostState(int(mem.total), int(mem.available), gpus, note)
+
+
+def free_memory(devices: Iterable[str]) -> dict[str, int | None]:
+    """Bytes free now on each device: available RAM for ``CPU``, NVML's free for ``CUDAn``.
+
+    A GPU that NVML does not show (no driver here) has 0 bytes free, as it has for the
+    preflight check. NVML is asked only when a GPU is among ``devices``.
+    """
+    wanted = set(devices)
+    free: dict[str, int | None] = {}
+    if "CPU" in wanted:
+        free["CPU"] = int(psutil.virtual_memory().available)
+    gpus = [d for d in wanted if d.startswith("CUDA")]
+    if gpus:
+        seen, _ = probe_gpus()
+        by_name = {f"CUDA{g.index}": g.free_mib * 1024 * 1024 for g in seen}
+        for device in gpus:
+            free[device] = by_name.get(device, 0)
+    return free
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -2,8 +2,11 @@
 
 An engine reads its weights either with ``read()`` (``--no-mmap``, and vLLM's loaders) or by
 touching an mmapped file. The first shows in ``/proc/PID/io`` as ``rchar``, the second in
-``/proc/PID/status`` as ``RssFile``. The larger of the two, summed over the engine's
-processes and capped at the plan's weights, is the progress figure. The arithmetic
+``/proc/PID/smaps`` as the resident size of the weight files' mappings (``.gguf``,
+``.safetensors``); the process's whole ``RssFile`` would also count its own binary and
+libraries, tens of MB that a small model's figure would be all made of. The larger of the
+two, summed over the engine's processes and capped at the plan's weights, is the progress
+figure. The arithmetic
 (:class:`Meter`) is pure; only :func:`bytes_loaded` and :func:`activity_of` read ``/proc``.
 """
 
@@ -85,19 +88,29 @@ def _rchar(pid: int) -> int:
     return 0
 
 
-def _rss_file(pid: int) -> int:
+WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt")
+
+
+def _weights_rss(pid: int) -> int:
+    """Resident bytes of the process's mappings of weight files."""
+    total = 0
+    counting = False
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) * 1024
+        with Path(f"/proc/{pid}/smaps").open() as smaps:
+            for line in smaps:
+                if line[:1].isdigit() or line[:1] in "abcdef":  # a mapping's first line
+                    fields = line.split(maxsplit=5)
+                    counting = len(fields) == 6 and fields[5].rstrip().endswith(WEIGHT_SUFFIXES)
+                elif counting and line.startswith("Rss:"):
+                    total += int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        return total
+    return total
 
 
 def bytes_loaded(pids: list[int]) -> int:
-    """Bytes the processes have read (``rchar``) or mapped in (``RssFile``), whichever is more."""
-    return max(sum(_rchar(p) for p in pids), sum(_rss_file(p) for p in pids))
+    """Bytes the processes have read (``rchar``) or mapped in from weight files, the larger."""
+    return max(sum(_rchar(p) for p in pids), sum(_weights_rss(p) for p in pids))
 
 
 def activity_of(handle: Handle) -> Callable[[], Hashable] | None:

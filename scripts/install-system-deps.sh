@@ -10,6 +10,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v ninja >/dev/null 2>&1 || need+=(ninja-build)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v cc >/dev/null 2>&1 || need+=(gcc)          # tests/throttle/throttle_read.c
+command -v chromium >/dev/null 2>&1 || need+=(chromium) # the gateway's status page test
 if ((${#need[@]} == 0)); then
   exit 0
 fi

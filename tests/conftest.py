@@ -333,3 +333,36 @@ def orch_env(tmp_path: Path) -> Iterator[OrchEnv]:
     # Whatever a failed test left running: stop it so the next tests start clean.
     if (state / "run").is_dir() and any((state / "run").glob("*.json")):
         orch.run("down", "--all", "--grace", "2", timeout=60)
+
+
+# ---------------------------------------------------------------- gateway fixtures
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "chromium is not installed (apt-get install -y chromium, or scripts/install-system-deps.sh)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def throttle_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/throttle/throttle_read.c built for LD_PRELOAD: slows an engine's weight reads."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.fail(
+            "no C compiler to build tests/throttle/throttle_read.c (apt-get install -y gcc)"
+        )
+    out = tmp_path_factory.mktemp("throttle") / "throttle_read.so"
+    source = Path(__file__).resolve().parent / "throttle" / "throttle_read.c"
+    done = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(out), str(source), "-ldl"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"building {source} failed:\n{done.stderr[-2000:]}")
+    return out

@@ -14,6 +14,7 @@ from orchestrator.gateway.admission import (
     Room,
     Wait,
     decide,
+    place,
 )
 from orchestrator.gateway.scheduler import Action, Fail, Grant, Load, ModelSpec, Scheduler, Stop
 
@@ -301,3 +302,80 @@ def test_loading_instances_count_against_live_free_memory() -> None:
     s.submit("b", 2, 0)
     actions = s.step(0, {"CPU": 6 * G})
     assert [type(a).__name__ for a in actions] == ["Load"]  # b must wait for a's memory
+
+
+def test_grant_now_is_the_grant_a_step_would_make() -> None:
+    s = Scheduler([spec("a", 1, slots=2), spec("b", 1)], {"CPU": 10 * G})
+    assert s.grant_now("a", 1, 0) is None  # stopped: it must load first
+    assert s.deciding_loads() is False  # nobody asked for anything yet
+    s.submit("a", 1, 0)
+    assert s.deciding_loads() is True and s.pending() is True
+    load = one(Load, s.step(0, FREE))
+    assert s.deciding_loads() is False  # loading, not waiting to be admitted
+    s.loaded("a", load.generation, 0)
+    one(Grant, s.step(0, FREE))
+    assert s.grant_now("a", 2, 1) == Grant(2, "a", load.generation)  # the second slot
+    assert s.grant_now("a", 3, 1) is None  # both slots busy
+    s.submit("a", 3, 1)
+    s.release("a", load.generation, 2)
+    assert s.pending() is True  # request 3 waits: a step must grant it
+    assert s.grant_now("a", 4, 2) is None  # FIFO: not ahead of request 3
+    assert s.step(2, FREE) == [Grant(3, "a", load.generation)]
+    s.release("a", load.generation, 3)
+    s.release("a", load.generation, 3)
+    assert s.pending() is False  # nothing waits: releases need no step
+    s.models["a"].draining = True
+    assert s.grant_now("a", 5, 4) is None  # making room for another model
+    s.models["a"].draining = False
+    s.close()
+    assert s.grant_now("a", 6, 5) is None  # shutting down
+
+
+def test_place_prefers_live_free_memory_over_an_empty_budget() -> None:
+    # both budgets are empty, but something orch did not start uses most of GPU 0
+    free = Room(TWO_GPUS.capacity, {"CUDA0": 20 * G, "CUDA1": 90 * G, "CPU": 100 * G})
+    assert place(gpu_candidates(30), [], free) == gpu_candidates(30)[1]
+    # without live figures (--skip-memory-check), the budgets decide: a tie, the lowest GPU
+    assert place(gpu_candidates(30), [], TWO_GPUS) == gpu_candidates(30)[0]
+    # the one with more room left wins even when both fit
+    tight = Room(TWO_GPUS.capacity, {"CUDA0": 50 * G, "CUDA1": 40 * G, "CPU": 100 * G})
+    assert place(gpu_candidates(30), [], tight) == gpu_candidates(30)[0]
+    # fits nowhere: None, and decide says why it waits
+    full = Room(TWO_GPUS.capacity, {"CUDA0": 10 * G, "CUDA1": 10 * G, "CPU": 100 * G})
+    assert place(gpu_candidates(30), [], full) is None
+    assert decide(gpu_candidates(30), [], full) == Wait(
+        "waiting for room: held by live free memory", ()
+    )
+
+
+def test_stops_under_way_count_as_room_coming_so_no_second_victim() -> None:
+    """Two fit; a third needs one stopped. While that stop runs, no other is stopped too."""
+    s = Scheduler([spec("hi", 4, priority=10), spec("lo", 4), spec("new", 4)], {"CPU": 10 * G})
+    for t, name in enumerate(("hi", "new"), start=1):
+        s.submit(name, t, t)
+        load = one(Load, s.step(t, FREE))
+        s.loaded(name, load.generation, t)
+        grant = one(Grant, s.step(t, FREE))
+        s.release(name, grant.generation, t)
+    s.submit("lo", 3, 3)
+    assert s.step(3, FREE) == [Stop("new", "evict")]  # priority first, though hi is older
+    assert s.step(3.1, FREE) == []  # new still stopping: its memory is coming, hi stays
+    assert s.step(3.2, FREE) == []
+    assert s.models["lo"].wait_reason == "waiting for new to stop"
+    s.stopped("new")
+    assert [type(a).__name__ for a in s.step(4, FREE)] == ["Load"]
+    assert s.models["hi"].state == "ready"
+
+
+def test_a_stop_under_way_that_is_not_enough_adds_only_what_is_missing() -> None:
+    s = Scheduler([spec("a", 3), spec("b", 3), spec("c", 3), spec("big", 7)], {"CPU": 10 * G})
+    for t, name in enumerate(("a", "b", "c"), start=1):
+        s.submit(name, t, t)
+        load = one(Load, s.step(t, FREE))
+        s.loaded(name, load.generation, t)
+        grant = one(Grant, s.step(t, FREE))
+        s.release(name, grant.generation, t)
+    s.models["a"].state = "stopping"  # say, its idle TTL ran out
+    s.submit("big", 9, 5)
+    assert s.step(5, FREE) == [Stop("b", "evict")]  # a's 3 GiB are coming: b's make 7
+    assert s.step(5.1, FREE) == []

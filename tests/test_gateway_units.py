@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from orchestrator.cli import main
 from orchestrator.cli.lifecycle import UpView, progress_text
 from orchestrator.lifecycle import Event
 from orchestrator.notify import Notifier
-from orchestrator.progress import Meter, _rchar, bytes_loaded
+from orchestrator.progress import Meter, _rchar, _weights_rss, bytes_loaded
 from tests.conftest import PROFILES, TEMPLATES
 
 MIB = 2**20
@@ -69,6 +70,22 @@ def test_bytes_loaded_reads_proc_of_this_process(tmp_path: Path) -> None:
     after = _rchar(os.getpid())
     assert after >= before + 4 * MIB  # read() counts
     assert bytes_loaded([os.getpid()]) >= after  # both figures only grow here
+
+
+def test_mapped_weights_count_and_nothing_else_mapped_does(tmp_path: Path) -> None:
+    weights, other = tmp_path / "m.gguf", tmp_path / "m.data"
+    for path in (weights, other):
+        path.write_bytes(os.urandom(3 * MIB))
+    assert _weights_rss(os.getpid()) == 0  # this process's binary and libraries do not count
+    with weights.open("rb") as w, other.open("rb") as o:
+        wmap = mmap.mmap(w.fileno(), 0, access=mmap.ACCESS_READ)
+        omap = mmap.mmap(o.fileno(), 0, access=mmap.ACCESS_READ)
+        assert sum(omap[i] for i in range(0, 3 * MIB, 4096)) >= 0  # touched: resident
+        assert _weights_rss(os.getpid()) == 0
+        assert sum(wmap[i] for i in range(0, 2 * MIB, 4096)) >= 0  # two thirds read
+        assert 2 * MIB <= _weights_rss(os.getpid()) < 3 * MIB
+        wmap.close()
+        omap.close()
 
 
 def _view(live: bool) -> tuple[UpView, io.StringIO, list[str]]:

@@ -157,11 +157,16 @@ def _sigterm_ignored() -> Iterator[None]:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def _amount(n: int) -> str:
+    """Like ``_size``, with KiB below 1 MiB: a slow disk reads KiB/s, not "0 MiB/s"."""
+    return f"{n / 1024:.0f} KiB" if 0 < n < MIB else _size(n)
+
+
 def progress_text(p: LoadProgress) -> str:
     """``1.20/3.00 GiB (40%), 250 MiB/s, ETA 7 s``."""
-    text = f"{_size(p.loaded_bytes)}/{_size(p.total_bytes)} ({p.fraction * 100:.0f}%)"
+    text = f"{_amount(p.loaded_bytes)}/{_amount(p.total_bytes)} ({p.fraction * 100:.0f}%)"
     if p.rate_bytes_s:
-        text += f", {_size(int(p.rate_bytes_s))}/s"
+        text += f", {_amount(int(p.rate_bytes_s))}/s"
     if p.eta_s is not None and p.fraction < 1:
         text += f", ETA {_uptime(p.eta_s) if p.eta_s >= 60 else f'{p.eta_s:.0f} s'}"
     return text
@@ -247,9 +252,6 @@ def cmd_up(args: argparse.Namespace, app: App, console: Console) -> int:
     """Start one profile and wait until it is ready and warm."""
     name: str = args.name
     store = _store(app)
-    resolved = app.resolve(name)
-    plan = app.plan_for(resolved, read_header=True)
-    require_fit(plan)
     notifier = Notifier.from_env()
     view = UpView(console, notifier)
     options = UpOptions(
@@ -263,6 +265,10 @@ def cmd_up(args: argparse.Namespace, app: App, console: Console) -> int:
     with contextlib.ExitStack() as stack:
         runtimes = instances.Runtimes(app.settings, stack)
         life = Lifecycle(app, store, runtimes, view.event)
+        # gpus = "any": the GPU where it fits now, by the rule orch serve uses
+        placed = life.place(app.resolve(name), check_memory=options.check_memory)
+        plan, resolved = placed.plan, placed.resolved
+        require_fit(plan)
         with _sigterm_raises():
             try:
                 started = life.up(plan, resolved, options)

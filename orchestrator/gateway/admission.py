@@ -150,7 +150,7 @@ def _victims_for(
             continue
         staying.remove(victim)
         chosen.append(victim)
-        adjusted = _freed(adjusted, victim)
+        adjusted = freed(adjusted, victim)
     if not _fits(candidate, staying, adjusted):
         return None
     # drop victims that turned out not to be needed (a later one freed enough)
@@ -158,13 +158,13 @@ def _victims_for(
         trial = [v for v in chosen if v is not victim]
         room_trial = room
         for v in trial:
-            room_trial = _freed(room_trial, v)
+            room_trial = freed(room_trial, v)
         if _fits(candidate, [r for r in residents if r not in trial], room_trial):
             chosen = trial
     return tuple(v.name for v in chosen)
 
 
-def _freed(room: Room, victim: Resident) -> Room:
+def freed(room: Room, victim: Resident) -> Room:
     """The room once ``victim`` has stopped: its plan's bytes count as free again."""
     free = dict(room.free)
     for device, n in victim.need.items():
@@ -173,19 +173,29 @@ def _freed(room: Room, victim: Resident) -> Room:
     return Room(room.capacity, free)
 
 
-def decide(candidates: Sequence[Candidate], residents: Sequence[Resident], room: Room) -> Decision:
-    """Admit a candidate (the one that needs the fewest, cheapest stops), wait, or never.
+def place(
+    candidates: Sequence[Candidate], residents: Sequence[Resident], room: Room
+) -> Candidate | None:
+    """Where a profile starts without stopping anything, or None where it cannot.
 
-    Among candidates that fit without stopping anything, the one leaving the most room on
-    its GPUs wins, so ``gpus = "any"`` profiles spread out.
+    The placement rule of both ``orch up`` and ``orch serve``: among the candidates that
+    fit (every device's budget, the live free memory where known, whole-GPU holders), the
+    one that leaves the most room on its GPUs, so ``gpus = "any"`` profiles spread out;
+    on a tie, the lowest GPU.
     """
+    fitting = [c for c in candidates if not alone_problems(c, room) and _fits(c, residents, room)]
+    return max(fitting, key=lambda c: _spare(c, residents, room), default=None)
+
+
+def decide(candidates: Sequence[Candidate], residents: Sequence[Resident], room: Room) -> Decision:
+    """Admit a candidate (by :func:`place`, else the fewest, cheapest stops), wait, or never."""
     possible = [c for c in candidates if not alone_problems(c, room)]
     if not possible:
         problems = "; ".join(p for c in candidates for p in alone_problems(c, room))
         return Never(f"does not fit even with nothing else running ({problems})")
-    fitting = [c for c in possible if _fits(c, residents, room)]
-    if fitting:
-        return Admit(max(fitting, key=lambda c: _spare(c, residents, room)))
+    placed = place(possible, residents, room)
+    if placed is not None:
+        return Admit(placed)
     best: tuple[tuple[int, int, float], Candidate, tuple[str, ...]] | None = None
     by_name = {r.name: r for r in residents}
     for candidate in possible:
@@ -207,11 +217,19 @@ def decide(candidates: Sequence[Candidate], residents: Sequence[Resident], room:
 
 
 def _spare(candidate: Candidate, residents: Sequence[Resident], room: Room) -> int:
-    """The least budget left on any device the candidate uses, once it runs."""
+    """The least room left on the candidate's GPUs (all its devices without one), once it runs.
+
+    Room left is the budget left, or the live free memory left where that is known and
+    smaller: a GPU whose budget looks empty may be in use by something orch did not start.
+    """
     spare = []
-    for device in candidate.need:
-        used = sum(r.need.get(device, 0) for r in residents) + candidate.need[device]
-        spare.append(room.capacity.get(device, 0) - used)
+    for device in sorted(candidate.gpus) or list(candidate.need):
+        need = candidate.need.get(device, 0)
+        left = room.capacity.get(device, 0) - sum(r.need.get(device, 0) for r in residents) - need
+        free = room.free.get(device)
+        if free is not None:
+            left = min(left, free - need)
+        spare.append(left)
     return min(spare, default=0)
 
 

@@ -9,25 +9,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from orchestrator import health, instances
-from orchestrator.app import App, gpu_choices
+from orchestrator.app import App
 from orchestrator.engines import adapter_for
-from orchestrator.errors import BudgetError, LaunchError, OrchError, PreflightError
-from orchestrator.gateway.admission import Candidate, Resident
+from orchestrator.errors import (
+    BudgetError,
+    LaunchError,
+    OrchError,
+    PreflightError,
+    ReadyTimeout,
+)
+from orchestrator.gateway.admission import Resident
 from orchestrator.gateway.config import ServeSettings
 from orchestrator.gateway.scheduler import Fail, Grant, Load, ModelSpec, Scheduler, Stop
-from orchestrator.lifecycle import Event, Lifecycle, UpOptions
+from orchestrator.lifecycle import (
+    Event,
+    Lifecycle,
+    Placement,
+    UpOptions,
+    capacity_of,
+    comparable_memory,
+    need_of,
+    placements,
+    resident_of,
+)
 from orchestrator.plan import Plan, require_fit
-from orchestrator.probe import probe_gpus
+from orchestrator.probe import free_memory
 from orchestrator.profiles.loader import ResolvedProfile
 from orchestrator.progress import LoadProgress
 from orchestrator.runtime import STOP_GRACE_S, Handle
@@ -63,6 +79,23 @@ class Served:
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     """The last load: monotonic marks (request, load, launched, ready, warm, first grant)."""
+    api_key: str | None = None
+    upstream_model: str | None = None
+
+    def running(self, handle: Handle, plan: Plan) -> None:
+        """An instance of ``plan`` serves now; what each request needs is worked out once.
+
+        The key is read when the engine starts, as the engine itself reads it: a key file
+        is not read again for every request.
+        """
+        self.handle, self.plan = handle, plan
+        self.api_key = instances.api_key(plan.profile, os.environ)
+        # an engine that checks the name (vLLM) gets the one it serves; llama-server takes any
+        self.upstream_model = instances.served_name(plan)
+
+    def gone(self) -> None:
+        """No instance serves any more."""
+        self.handle, self.plan, self.api_key, self.upstream_model = None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -82,11 +115,6 @@ def slots_of(plan: Plan) -> int:
     """Requests the engine serves at once: its parallel slots (vLLM: max_num_seqs)."""
     engine = plan.profile.engine
     return adapter_for(engine).slots(engine)
-
-
-def need_of(plan: Plan) -> dict[str, int]:
-    """Bytes per device the plan takes."""
-    return {device: m.total for device, m in plan.memory.devices.items()}
 
 
 class Pool:
@@ -111,14 +139,11 @@ class Pool:
         self.life = Lifecycle(app, store, runtimes, self._event)
         self.served: dict[str, Served] = {}
         specs = []
-        capacity: dict[str, int] = {}
         for name in names:
             served, spec = self._plan(name)
             self.served[name] = served
             specs.append(spec)
-            for plan in served.plans.values():
-                for b in plan.budget:
-                    capacity[b.device] = min(capacity.get(b.device, b.capacity), b.capacity)
+        capacity = capacity_of(p for s in self.served.values() for p in s.plans.values())
         self.scheduler = Scheduler(
             specs,
             capacity,
@@ -131,6 +156,8 @@ class Pool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._last_liveness = 0.0
+        self._closing = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: Counter[tuple[str, int]] = Counter()
         self.loads: Counter[str] = Counter()
         self.load_seconds: dict[str, float] = {}
@@ -138,24 +165,11 @@ class Pool:
         self.started_at = time.time()
 
     def _plan(self, name: str) -> tuple[Served, ModelSpec]:
-        resolved = self.app.resolve(name)
-        choices = gpu_choices(resolved)
-        plans: dict[str, Plan] = {}
-        by_key: dict[str, ResolvedProfile] = {}
-        candidates = []
+        options = placements(self.app, self.app.resolve(name))
+        plans = {o.key: o.plan for o in options}
+        by_key = {o.key: o.resolved for o in options}
+        candidates = [o.candidate for o in options if o.plan.fits]
         error = ""
-        for choice in choices:
-            plan = self.app.plan_for(choice, read_header=True)
-            key = (
-                ",".join(f"CUDA{g}" for g in instances.gpu_indices(plan))
-                if len(choices) > 1
-                else ""
-            )
-            plans[key], by_key[key] = plan, choice
-            if plan.fits:
-                candidates.append(
-                    Candidate(key, need_of(plan), whole_gpu=plan.profile.needs_whole_gpu)
-                )
         if not candidates:
             try:
                 require_fit(next(iter(plans.values())))
@@ -178,6 +192,7 @@ class Pool:
 
     async def start(self) -> None:
         """Adopt or clean up what a killed gateway left, note ``orch up``'s, start ticking."""
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._adopt_or_clean)
         self.scheduler.externals = await asyncio.to_thread(self._externals)
         self._last_liveness = time.monotonic()
@@ -211,12 +226,29 @@ class Pool:
         plan = served.plans[key]
         if owner == "gateway":
             self.store.save(_with_gateway(record, os.getpid()))
-        served.handle, served.plan, served.phase = handle, plan, f"adopted ({owner})"
-        candidate = Candidate(key, need_of(plan), whole_gpu=plan.profile.needs_whole_gpu)
+        served.running(handle, plan)
+        served.phase = f"adopted ({owner})"
+        candidate = Placement(key, plan, served.resolved[key]).candidate
         self.scheduler.adopt(served.name, candidate, "gateway" if owner == "gateway" else "up", now)
 
+    @property
+    def draining(self) -> bool:
+        """Whether SIGTERM has arrived."""
+        return self._closing.is_set()
+
+    def request_drain(self) -> None:
+        """From a signal handler: abandon loads now, and drain at the loop's next turn.
+
+        A Python signal handler runs between any two bytecodes of the loop's thread, in
+        the middle of a scheduler step maybe; the queues are touched only from the loop.
+        """
+        self._closing.set()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.begin_drain)
+
     def begin_drain(self) -> None:
-        """SIGTERM: take no more loads; requests that would need one fail."""
+        """SIGTERM: take no more loads, abandon those under way; requests needing one fail."""
+        self._closing.set()
         self._resolve(self.scheduler.close())
 
     async def shutdown(self) -> None:
@@ -240,9 +272,9 @@ class Pool:
         """The served profile a ``model`` value names."""
         return self.routes.get(model)
 
-    @property
+    @functools.cached_property
     def routes(self) -> dict[str, str]:
-        """``model`` value -> profile, aliases included."""
+        """``model`` value -> profile, aliases included (fixed for the gateway's life)."""
         table = {name: name for name in self.served}
         for name in self.served:
             for alias in self.settings.profile(name).aliases:
@@ -255,9 +287,16 @@ class Pool:
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._futures[rid] = future
         served = self.served[model]
+        now = time.monotonic()
+        grant = self.scheduler.grant_now(model, rid, now)
+        if grant is not None:
+            self._grant(grant)
+            if future.done():
+                return future.result()
+            self._futures[rid] = future  # not granted after all: queue it like any other
         if not served.timings or "grant" in served.timings:
-            served.timings = {"request": time.monotonic()}
-        refused = self.scheduler.submit(model, rid, time.monotonic())
+            served.timings = {"request": now}
+        refused = self.scheduler.submit(model, rid, now)
         if refused is not None:
             self._futures.pop(rid, None)
             retry = self.settings.retry_after_s if refused.status == 429 else None
@@ -279,7 +318,8 @@ class Pool:
         if tps:
             self.served[lease.model].last_tps = tps
         self.scheduler.release(lease.model, lease.generation, time.monotonic())
-        self._step()
+        if self.scheduler.pending():
+            self._step()
 
     def poke(self) -> None:
         """Re-decide now (after a load/unload request)."""
@@ -306,7 +346,8 @@ class Pool:
         handle = served.handle
         if handle is not None:
             served.error = health.explain(f"{model}: engine exited", handle.log_tail(40), show=5)
-        served.handle, served.plan, served.phase = None, None, "died"
+        served.gone()
+        served.phase = "died"
         self.store.remove(model)
         self.scheduler.stopped(model)
         self._step()
@@ -317,19 +358,11 @@ class Pool:
         devices = set(self.scheduler.capacity)
         if not self.check_memory:
             return dict.fromkeys(devices)
-        free: dict[str, int | None] = {}
-        if "CPU" in devices:
-            free["CPU"] = int(psutil.virtual_memory().available)
-        if any(d.startswith("CUDA") for d in devices):
-            gpus, _ = probe_gpus()
-            by_name = {f"CUDA{g.index}": g.free_mib * 2**20 for g in gpus}
-            for d in devices:
-                if d.startswith("CUDA"):
-                    free[d] = by_name.get(d, 0)
-        return free
+        return free_memory(devices)
 
     def _step(self) -> None:
-        actions = self.scheduler.step(time.monotonic(), self._free())
+        free = self._free() if self.scheduler.deciding_loads() else {}
+        actions = self.scheduler.step(time.monotonic(), free)
         for action in actions:
             if isinstance(action, Grant):
                 self._grant(action)
@@ -353,16 +386,14 @@ class Pool:
             self.scheduler.release(grant.model, grant.generation, time.monotonic())
             return
         served.timings.setdefault("grant", time.monotonic())
-        # an engine that checks the name (vLLM) gets the one it serves; llama-server takes any
-        upstream = instances.served_name(plan)
         future.set_result(
             Lease(
                 grant.rid,
                 grant.model,
                 grant.generation,
                 plan.endpoint,
-                instances.api_key(plan.profile, os.environ),
-                upstream,
+                served.api_key,
+                served.upstream_model,
             )
         )
 
@@ -400,15 +431,7 @@ class Pool:
             if record.gateway_pid == os.getpid() or not self.runtimes.attach(record).alive():
                 continue
             why = "started by orch up" if run is None else "orch up, another plan"
-            out.append(
-                Resident(
-                    record.name,
-                    dict(record.predicted_bytes),
-                    evictable=False,
-                    whole_gpu=record.needs_whole_gpu,
-                    why_kept=why,
-                )
-            )
+            out.append(resident_of(record, why))
         return out
 
     # ------------------------------------------------------------ load and stop
@@ -435,7 +458,10 @@ class Pool:
             existing = self.store.load(load.model)
         replace = existing is not None and existing.plan_hash != plan.plan_hash
         options = UpOptions(
-            replace=replace, gateway_pid=os.getpid(), check_memory=self.check_memory
+            replace=replace,
+            gateway_pid=os.getpid(),
+            check_memory=self.check_memory,
+            cancelled=self._closing.is_set,
         )
         start = time.monotonic()
         try:
@@ -462,7 +488,7 @@ class Pool:
         self.loads[load.model] += 1
         took = time.monotonic() - start
         self.load_seconds[load.model] = self.load_seconds.get(load.model, 0.0) + took
-        served.handle, served.plan = started.handle, plan
+        served.running(started.handle, plan)
         if started.stats:
             served.last_tps = started.stats[-1].gen_tps
         served.phase = "ready"
@@ -482,7 +508,8 @@ class Pool:
         except OrchError as exc:
             served.error = str(exc)
         self.stops[(name, reason)] += 1
-        served.handle, served.plan, served.progress = None, None, None
+        served.gone()
+        served.progress = None
         served.phase = f"stopped ({reason})"
 
     # ------------------------------------------------------------ status
@@ -501,6 +528,16 @@ class Pool:
                 used = instances.memory_in_use(served.handle.pids())
                 in_use["CPU"] = used.rss_bytes
                 in_use.update({f"CUDA{i}": n for i, n in used.gpu_bytes.items()})
+            gpus = {int(d.removeprefix("CUDA")): 0 for d in plan.memory.devices if d != "CPU"}
+            gpus.update({int(d.removeprefix("CUDA")): n for d, n in in_use.items() if d != "CPU"})
+            memory = {
+                row.device: {
+                    "in_use": in_use.get(row.device),
+                    "planned_now": row.planned_now,
+                    "later": dict(row.later),
+                }
+                for row in comparable_memory(plan.memory, in_use.get("CPU", 0), gpus)
+            }
             models.append(
                 {
                     "name": name,
@@ -517,6 +554,7 @@ class Pool:
                     "endpoint": served.plan.endpoint if served.plan else None,
                     "memory_planned": need_of(plan),
                     "memory_in_use": in_use,
+                    "memory": memory,
                     "progress": served.progress.to_json() if served.progress else None,
                     "phase": served.phase,
                     "last_tok_s": served.last_tps,
@@ -555,7 +593,9 @@ def _with_gateway(record: Record, pid: int) -> Record:
 
 
 def _load_error(exc: OrchError) -> tuple[int, str]:
-    """HTTP status and code for a load that failed."""
+    """HTTP status and code for a load that failed (the README's table says why each)."""
+    if isinstance(exc, ReadyTimeout):
+        return 504, "engine_timeout"
     if isinstance(exc, LaunchError):
         return 502, "engine_failed"
     if isinstance(exc, BudgetError):

@@ -31,6 +31,7 @@ from orchestrator.gateway.admission import (
     Room,
     Wait,
     decide,
+    freed,
 )
 
 SHUTTING_DOWN = "the gateway is shutting down"
@@ -203,6 +204,32 @@ class Scheduler:
         self._rids[rid] = model
         return None
 
+    def grant_now(self, model: str, rid: int, now: float) -> Grant | None:
+        """A slot at once, when the instance is ready with one free and nothing queued.
+
+        The hot path: the same grant :meth:`step` would make, without a whole step.
+        """
+        run = self.models[model]
+        if (
+            self.closing
+            or run.state != "ready"
+            or run.draining
+            or run.unload
+            or run.queue
+            or run.inflight >= max(run.spec.slots, 1)
+        ):
+            return None
+        run.inflight += 1
+        run.last_used = now
+        return Grant(rid, model, run.generation)
+
+    def pending(self) -> bool:
+        """Whether a step could do more than stop idle instances (which the ticker does)."""
+        return any(
+            r.queue or r.unload or r.draining or (r.state == "stopped" and r.demand)
+            for r in self.models.values()
+        )
+
     def cancel(self, rid: int) -> None:
         """Forget a queued request (its client went away or gave up)."""
         model = self._rids.pop(rid, None)
@@ -298,6 +325,14 @@ class Scheduler:
                 out.append(resident)
         return out
 
+    def deciding_loads(self) -> bool:
+        """Whether a stopped model wants to run, so that :meth:`step` needs the free memory.
+
+        Reading it costs a /proc read (and NVML calls on a GPU machine): callers skip it on
+        the hot path of a request for a model that already runs.
+        """
+        return any(r.state == "stopped" and r.demand for r in self.models.values())
+
     def step(self, now: float, free: Mapping[str, int | None]) -> list[Action]:
         """Everything to do now, given the time and the live free memory per device."""
         actions: list[Action] = []
@@ -361,7 +396,21 @@ class Scheduler:
                 out.extend(self._fail_all(run, 503, "shutting_down", SHUTTING_DOWN))
                 continue
             room = Room(self.capacity, self._live_free(free))
-            decision = decide(run.spec.candidates, self.residents(), room)
+            residents = self.residents()
+            decision = decide(run.spec.candidates, residents, room)
+            # instances already stopping free their memory soon: count it as coming, so
+            # that only what is still missing gets stopped, and nothing twice
+            going = [r for r in residents if self._stopping(r.name)]
+            staying = [r for r in residents if not self._stopping(r.name)]
+            after = room
+            for resident in going:
+                after = freed(after, resident)
+            if going and not (isinstance(decision, Admit) and not decision.victims):
+                decision = decide(run.spec.candidates, staying, after)
+                if isinstance(decision, Admit) and not decision.victims:
+                    names = ", ".join(r.name for r in going)
+                    run.wait_reason = f"waiting for {names} to stop"
+                    continue
             if isinstance(decision, Never):
                 message = f"{run.spec.name}: {decision.reason}"
                 run.last_error = message
@@ -383,12 +432,20 @@ class Scheduler:
                 run.wait_reason = decision.reason
                 oldest = run.queue[0].since if run.queue else now
                 if now - oldest >= self.fairness_s:
-                    out.extend(self._drain_for(run, room))
+                    out.extend(self._drain_for(run, after))
         return out
 
+    def _stopping(self, name: str) -> bool:
+        run = self.models.get(name)
+        return run is not None and run.state == "stopping"
+
     def _drain_for(self, run: ModelRun, room: Room) -> list[Action]:
-        """Anti-thrash bound reached: instances in the way take no new requests."""
-        decision = decide(run.spec.candidates, self.residents(draining_allowed=True), room)
+        """Anti-thrash bound reached: instances in the way take no new requests.
+
+        ``room`` already counts the memory of the instances that are stopping as free.
+        """
+        residents = [r for r in self.residents(draining_allowed=True) if not self._stopping(r.name)]
+        decision = decide(run.spec.candidates, residents, room)
         out: list[Action] = []
         if isinstance(decision, Admit):
             for victim in decision.victims:

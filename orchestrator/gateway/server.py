@@ -84,7 +84,17 @@ class Proxy:
             return
         work = asyncio.ensure_future(self._serve(scope, send, model, bytes(body), payload))
         gone = asyncio.ensure_future(receive())
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # the drain grace is over (uvicorn cancels what still runs): the work answers
+            # 503 if it has not answered yet, rather than uvicorn's bare 500
+            gone.cancel()
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            if self.pool.draining:
+                return  # answered (or cut off mid-answer): nothing for uvicorn to log
+            raise
         if work in done:
             gone.cancel()
             work.result()
@@ -127,6 +137,11 @@ class Proxy:
             self.pool.count(model, exc.status)
             await _send_response(send, error_response(exc))
             return
+        except asyncio.CancelledError:
+            if self.pool.draining:
+                self.pool.count(model, 503)
+                await _send_response(send, error_response(_cut_off(model, "waited")))
+            raise
         status = 0
         started = False
         tail = b""
@@ -161,13 +176,30 @@ class Proxy:
                 why = "the engine exited during the request" if died else f"engine error: {exc}"
                 err = GatewayError(502, "engine_died" if died else "upstream_error", why)
                 await _send_response(send, error_response(err))
+        except asyncio.CancelledError:
+            if self.pool.draining and not started:
+                status = 503
+                await _send_response(send, error_response(_cut_off(model, "ran")))
+            raise
         finally:
             match = _TPS.findall(tail)
             tps = float(match[-1]) if match else None
             self.pool.release(lease, status=status or 499, tps=tps)
 
 
+def _cut_off(model: str, how: str) -> GatewayError:
+    return GatewayError(
+        503,
+        "shutting_down",
+        f"{model}: the gateway is shutting down; the request {how} past its drain grace",
+    )
+
+
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+UPSTREAM_KEEPALIVE_S = 4.0
+"""Idle engine connections are reused for this long only. llama-server (cpp-httplib) and
+vLLM (uvicorn) close theirs after 5 s idle; reusing one as the engine closes it would fail
+a request that never reached the engine."""
 
 
 async def _send_response(send: Send, response: Response) -> None:
@@ -177,18 +209,41 @@ async def _send_response(send: Send, response: Response) -> None:
     await response({"type": "http"}, no_receive, send)
 
 
+class Front:
+    """Proxied requests go straight to the proxy; everything else to Starlette.
+
+    The proxied routes are the hot path: Starlette's router and its two exception
+    middlewares cost about as much per request as the rest of the proxying in Python.
+    """
+
+    def __init__(self, proxy: Proxy, app: Starlette) -> None:
+        """Dispatch to ``proxy`` or ``app``."""
+        self.proxy = proxy
+        self.app = app
+        self.proxied = frozenset(PROXIED)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One ASGI call."""
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.proxied:
+            await self.proxy(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def build_app(
     pool: Pool,
     *,
     on_startup: Callable[[], Awaitable[None]],
     on_shutdown: Callable[[], Awaitable[None]],
-) -> Starlette:
+) -> Front:
     """The gateway's ASGI application."""
     holder: dict[str, aiohttp.ClientSession] = {}
 
     def session() -> aiohttp.ClientSession:
         if "s" not in holder:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=False)
+            connector = aiohttp.TCPConnector(
+                limit=0, ttl_dns_cache=None, keepalive_timeout=UPSTREAM_KEEPALIVE_S
+            )
             holder["s"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return holder["s"]
 
@@ -271,42 +326,77 @@ def build_app(
         Route("/v1/models", models),
         *[Route(path, proxy, methods=["POST"]) for path in PROXIED],
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Front(proxy, Starlette(routes=routes, lifespan=lifespan))
 
 
 def _size(n: int | None) -> str:
-    if not n:
+    if n is None:
         return "-"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 10 * 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**10:.0f} KiB"
+
+
+def _memory_cell(m: dict[str, Any]) -> str:
+    """Per device: in use against the part of the plan it compares with, and what comes later."""
+    lines = []
+    for device, row in sorted(m["memory"].items()):
+        used = row["in_use"]
+        text = f"<b>{html.escape(device)}</b> {_size(used)} / {_size(row['planned_now'])}"
+        later = [f"{html.escape(k)} {_size(n)}" for k, n in row["later"].items() if n]
+        if later:
+            text += f'<br><small class="dim">later: {", ".join(later)}</small>'
+        lines.append(text)
+    return "<br>".join(lines) or "-"
+
+
+def _progress_cell(p: dict[str, Any]) -> str:
+    eta = f" · ETA {p['eta_s']:.0f} s" if p["eta_s"] is not None else ""
+    rate = f" · {_size(int(p['rate_bytes_s']))}/s" if p["rate_bytes_s"] else ""
+    return (
+        f'<br><progress max="1" value="{p["fraction"]}"></progress> '
+        f'<span class="pct">{p["fraction"] * 100:.0f}%</span>'
+        f"<br><small>{_size(p['loaded_bytes'])} of {_size(p['total_bytes'])} read"
+        f"{rate}{eta}</small>"
+    )
 
 
 def render_page(status: dict[str, Any]) -> str:
     """The status page: one row per served model."""
     rows = []
     for m in status["models"]:
-        devices = sorted(set(m["memory_planned"]) | set(m["memory_in_use"]))
-        used, planned = m["memory_in_use"], m["memory_planned"]
-        memory = "<br>".join(
-            f"{html.escape(d)}: {_size(used.get(d))} / {_size(planned.get(d))}" for d in devices
-        )
         progress = ""
         if m["state"] == "loading" and m["progress"]:
-            p = m["progress"]
-            eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] else ""
-            progress = (
-                f'<progress max="1" value="{p["fraction"]}"></progress> '
-                f"{p['fraction'] * 100:.0f}%{eta}"
-            )
+            progress = _progress_cell(m["progress"])
         tps = f"{m['last_tok_s']:.1f}" if m["last_tok_s"] else "-"
         note = html.escape(m["error"] or m["waiting_for"] or "")
-        aliases = ", ".join(html.escape(a) for a in m["aliases"])
-        pin = " 📌" if m["pinned"] else ""
+        extra = [html.escape(a) for a in m["aliases"]]
+        if m["priority"]:
+            extra.append(f"priority {m['priority']}")
+        if m["placement"]:
+            extra.append(html.escape(m["placement"]))
+        pin = ' <span class="pin">pinned</span>' if m["pinned"] else ""
         rows.append(
-            f"<tr><td><b>{html.escape(m['name'])}</b>{pin}<br><small>{aliases}</small></td>"
-            f'<td class="s-{m["state"]}">{m["state"]}{progress and "<br>" + progress}</td>'
-            f"<td>{memory}</td><td>{m['in_flight']}/{m['slots']}</td><td>{m['queued']}</td>"
-            f"<td>{tps}</td><td><small>{note}</small></td></tr>"
+            f'<tr data-model="{html.escape(m["name"])}" data-state="{m["state"]}">'
+            f"<td><b>{html.escape(m['name'])}</b>{pin}<br><small>{', '.join(extra)}</small></td>"
+            f'<td><span class="state s-{m["state"]}">{m["state"]}</span>{progress}</td>'
+            f"<td>{_memory_cell(m)}</td>"
+            f'<td class="num">{m["in_flight"]} / {m["slots"]}</td>'
+            f'<td class="num">{m["queued"]}</td><td class="num">{tps}</td>'
+            f'<td><small class="note">{note}</small></td></tr>'
         )
+    external = "".join(
+        f"<li><b>{html.escape(e['name'])}</b> ({html.escape(e['why'])}): "
+        + ", ".join(f"{html.escape(d)} {_size(n)}" for d, n in sorted(e["memory_planned"].items()))
+        + "</li>"
+        for e in status["external"]
+    )
+    if external:
+        external = f"<p>Also holding memory, never stopped by this gateway:</p><ul>{external}</ul>"
     return PAGE.format(
         rows="\n".join(rows),
         queued=status["queued"],
@@ -314,6 +404,7 @@ def render_page(status: dict[str, Any]) -> str:
         uptime=status["uptime_s"],
         pid=status["pid"],
         when=time.strftime("%H:%M:%S"),
+        external=external,
     )
 
 
@@ -321,21 +412,36 @@ PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>orch serve</title>
 <meta http-equiv="refresh" content="2">
 <style>
-body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: .4em .8em; text-align: left; }}
-td {{ vertical-align: top; }}
-th {{ background: #f3f3f3; }}
-.s-ready {{ color: #17803d; }} .s-busy {{ color: #b35c00; }} .s-loading {{ color: #1f5fbf; }}
-.s-stopped {{ color: #777; }} .s-stopping {{ color: #a11; }}
+body {{ font-family: "Liberation Sans", Arial, sans-serif; font-size: 15px; margin: 24px;
+  color: #1d1d1f; background: #fff; }}
+h1 {{ font-size: 22px; margin: 0 0 4px; }}
+.meta {{ color: #555; margin: 0 0 16px; }}
+table {{ border-collapse: collapse; min-width: 900px; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 8px 14px; text-align: left;
+  vertical-align: top; }}
+th {{ background: #f2f2f4; font-weight: 600; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+small {{ color: #555; }} .dim {{ color: #777; }} .note {{ color: #8a3b00; }}
+.state {{ display: inline-block; padding: 1px 9px; border-radius: 10px; font-weight: 600;
+  font-size: 13px; }}
+.s-ready {{ background: #dcf5e3; color: #11632d; }}
+.s-busy {{ background: #ffe9cc; color: #8a4b00; }}
+.s-loading {{ background: #dde8fb; color: #1f4f9c; }}
+.s-stopped {{ background: #eee; color: #555; }}
+.s-stopping {{ background: #f9dddd; color: #8f1d1d; }}
+progress {{ width: 150px; height: 12px; vertical-align: middle; margin-top: 6px; }}
+.pct {{ font-weight: 600; }}
+.pin {{ font-size: 12px; color: #555; border: 1px solid #bbb; border-radius: 8px; padding: 0 6px; }}
 </style></head><body>
 <h1>orch serve</h1>
-<p>pid {pid} · up {uptime} s · queued {queued} of {limit} · {when}</p>
-<table><tr><th>model</th><th>state</th><th>memory in use / planned</th><th>in flight / slots</th>
-<th>queued</th><th>last tok/s</th><th>note</th></tr>
+<p class="meta">pid {pid} · up {uptime} s · {queued} request(s) queued (limit {limit}) · {when}</p>
+<table><tr><th>model</th><th>state</th><th>memory in use / planned</th>
+<th>in flight / slots</th><th>queued</th><th>last tok/s</th><th>note</th></tr>
 {rows}
 </table>
-<p><small>JSON: <a href="/orch/status">/orch/status</a>
+{external}
+<p><small>Memory: resident now against the plan's weights, KV and process; compute
+buffers and the prompt cache fill later. JSON: <a href="/orch/status">/orch/status</a>
 · Prometheus: <a href="/metrics">/metrics</a>
 · OpenAI: <a href="/v1/models">/v1/models</a></small></p>
 </body></html>

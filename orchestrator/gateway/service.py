@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from orchestrator import instances
 from orchestrator.app import App
@@ -178,10 +179,7 @@ def serve(
             timeout_keep_alive=30,
         )
 
-        def draining() -> None:
-            pool.begin_drain()
-
-        server = _Server(config, draining)
+        server = _Server(config, pool.request_drain)
 
         async def main() -> None:
             task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -204,7 +202,10 @@ def serve(
             await task
 
         try:
-            asyncio.run(main())
+            # uvicorn picks its loop only in Server.run(); serving from our own coroutine
+            # means choosing it here, or the stdlib selector loop runs every request
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
         finally:
             info.unlink(missing_ok=True)
         if failure:
